@@ -1,0 +1,50 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Everything they need is installed here: a virtualenv in .venv, the
+# project in editable (strict, link-tree) mode, and (for the cluster
+# tests and the demo) the local control plane built from Go modules into
+# a cache outside the repo.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Strict editable installs use a link tree under build/; mypy reads the
+# package from there (it can't follow setuptools' import hooks).
+LINKTREE = $(wildcard build/__editable__.kubeinfer-*)
+PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' 2>/dev/null)
+
+.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build
+
+install: $(VENV)/.deps $(VENV)/.src
+
+$(VENV)/.deps: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	@touch $@
+
+# A strict editable install links files, so new modules need a re-link.
+$(VENV)/.src: $(VENV)/.deps $(PY_SOURCES)
+	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=strict
+	@touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+typecheck: install
+	MYPYPATH=$(LINKTREE) $(BIN)/mypy -p kubeinfer
+
+crds: install
+	$(BIN)/kubeinfer crds --out crds/
+
+pytest: install
+	$(BIN)/pytest -q -ra
+
+test: lint typecheck pytest
+
+demo: install
+	$(BIN)/kubeinfer demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,54 @@
+"""Names shared by the operator, the router, the worker and the local runtime.
+
+Defined once here so that a label key or an image name can never drift
+between the component that writes it and the one that reads it.
+"""
+
+from typing import Final
+
+GROUP: Final = "kubeinfer.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "InferenceService"
+PLURAL: Final = "inferenceservices"
+SINGULAR: Final = "inferenceservice"
+# `isvc` is KServe's short name; ours must not clash with it.
+SHORT_NAMES: Final = ("infsvc",)
+
+# Labels on everything the operator creates.
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_SERVICE: Final = f"{GROUP}/service"
+LABEL_REVISION: Final = f"{GROUP}/revision"
+LABEL_REPLICA: Final = f"{GROUP}/replica"
+COMPONENT_WORKER: Final = "worker"
+COMPONENT_ROUTER: Final = "router"
+MANAGED_BY: Final = "kubeinfer-operator"
+
+# Manual rollout control (see docs/rollouts.md).
+ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
+
+# Container images. The local runtime (tests/localcluster) recognises these
+# repositories (any tag) and runs the matching console script for them.
+IMAGE_REPOSITORY_WORKER: Final = "ghcr.io/kubeinfer/worker"
+IMAGE_REPOSITORY_ROUTER: Final = "ghcr.io/kubeinfer/router"
+IMAGE_REPOSITORY_OPERATOR: Final = "ghcr.io/kubeinfer/operator"
+DEFAULT_IMAGE_TAG: Final = "0.1.0"
+
+# Ports.
+WORKER_HTTP_PORT: Final = 8000  # vLLM's OpenAI-compatible server
+WORKER_AGENT_PORT: Final = 8081  # kubeinfer agent: /ready /live /gpu /metrics
+ROUTER_HTTP_PORT: Final = 8080
+
+# Environment understood by all kubeinfer processes.
+# In a real pod processes bind 0.0.0.0 (kubectl port-forward needs it). The
+# local runtime runs every pod on the host network, so it sets this to the
+# pod IP and our processes bind only there.
+ENV_BIND_HOST: Final = "KUBEINFER_BIND_HOST"
+# Where a container writes its one-line failure reason. Kubernetes reads
+# /dev/termination-log; the local runtime points this at a per-pod file.
+ENV_TERMINATION_LOG: Final = "KUBEINFER_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"

@@ -1,0 +1,453 @@
+"""`InferenceService.spec`: what the user asks for.
+
+Every field has a description: the CRD (``kubeinfer crds``) and the field
+reference in docs/api.md are generated from these models. Rules that a
+single field can't express are CEL rules (``x-kubernetes-validations``)
+attached with ``json_schema_extra`` and checked again by pydantic, so the
+operator and the API server reject the same objects with the same message.
+"""
+
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from kubeinfer.operator.api.base import ApiModel
+from pydantic import Field, model_validator
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# vLLM accepts any string as --served-model-name; keep what is safe in
+# HTTP paths, labels of metrics and OpenAI clients (org/name is common).
+SERVED_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
+
+
+class Strategy(StrEnum):
+    """How the router picks a worker within one revision."""
+
+    ROUND_ROBIN = "round-robin"
+    LEAST_LOADED = "least-loaded"
+    WEIGHTED = "weighted"
+    PREFIX_AFFINITY = "prefix-affinity"
+
+
+class Placement(StrEnum):
+    """How worker pods are spread over GPU nodes."""
+
+    SPREAD = "spread"  # one failing node takes out as few replicas as possible
+    PACK = "pack"  # fill nodes, leave whole nodes free for others
+    LARGEST_FIRST = "largest-first"  # prefer the GPUs with the most memory
+
+
+class Engine(StrEnum):
+    """What runs in a worker pod."""
+
+    VLLM = "vllm"  # vLLM's own OpenAI-compatible server
+    SIMULATED = "simulated"  # kubeinfer's simulated engine: no GPU, same HTTP surface
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    """One CEL validation rule as the CRD schema spells it."""
+    return {"rule": rule, "message": message}
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the InferenceService's namespace."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=253, description="Secret name.")]
+    key: Annotated[
+        str,
+        Field(min_length=1, max_length=253, description="Key in the Secret."),
+    ] = "token"
+
+
+class EngineArgs(ApiModel):
+    """Arguments for the engine; mapped to vLLM's flags by the worker."""
+
+    max_model_len: Annotated[
+        int | None,
+        Field(ge=16, le=10_000_000, description="Context length (--max-model-len)."),
+    ] = None
+    dtype: Annotated[Dtype, Field(description="Weights dtype (--dtype).")] = Dtype.AUTO
+    gpu_memory_utilization: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=1.0,
+            description="Fraction of GPU memory vLLM may use (--gpu-memory-utilization).",
+        ),
+    ] = 0.9
+    max_num_seqs: Annotated[
+        int | None,
+        Field(ge=1, le=4096, description="Sequences per batch (--max-num-seqs)."),
+    ] = None
+    extra_args: Annotated[
+        list[str],
+        Field(max_length=64, description="More vLLM flags, passed through verbatim."),
+    ] = Field(default_factory=list)
+
+
+class ModelSpec(ApiModel):
+    """The model to serve."""
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=SERVED_MODEL_NAME,
+            description="Served model name: the `model` clients send (--served-model-name).",
+        ),
+    ]
+    source: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=1024,
+            description=(
+                "Where the weights come from: a Hugging Face id (org/name), "
+                "pvc://CLAIM/path, s3://bucket/path or an absolute local path."
+            ),
+        ),
+    ]
+    revision: Annotated[
+        str | None,
+        Field(max_length=128, description="Hub revision (branch, tag or commit)."),
+    ] = None
+    engine_args: Annotated[
+        EngineArgs, Field(description="Engine arguments (vLLM flags).")
+    ] = Field(default_factory=EngineArgs)
+    vram_gi_b: Annotated[
+        float | None,
+        Field(
+            alias="vramGiB",
+            gt=0,
+            le=4096,
+            description="GPU memory the model needs, in GiB; estimated when absent.",
+        ),
+    ] = None
+    parameters_billions: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=10_000,
+            description="Parameter count in billions, used to estimate vramGiB when absent.",
+        ),
+    ] = None
+    secret_ref: Annotated[
+        SecretKeyRef | None,
+        Field(description="Secret holding a hub token (HF_TOKEN); never put a token in the spec."),
+    ] = None
+
+    @model_validator(mode="after")
+    def _source_scheme_is_known(self) -> Self:
+        if "://" in self.source:
+            scheme = self.source.split("://", 1)[0]
+            if scheme not in ("pvc", "s3", "gs", "hf"):
+                raise ValueError(
+                    f"model.source scheme {scheme!r} is not supported; "
+                    "use a hub id, pvc://, s3://, gs://, hf:// or an absolute path"
+                )
+        return self
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (GPU nodes are often tainted)."""
+
+    key: Annotated[str | None, Field(max_length=317, description="Taint key.")] = None
+    operator: Annotated[
+        str, Field(pattern=r"^(Exists|Equal)$", description="Exists or Equal.")
+    ] = "Equal"
+    value: Annotated[str | None, Field(max_length=63, description="Taint value.")] = None
+    effect: Annotated[
+        str | None,
+        Field(
+            pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$",
+            description="Taint effect; all effects when absent.",
+        ),
+    ] = None
+
+
+class GPUSpec(ApiModel):
+    """Which GPUs the workers get: always exactly one per worker pod."""
+
+    resource_name: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+            description="Extended resource of one GPU (nvidia.com/gpu, or a MIG profile).",
+        ),
+    ] = "nvidia.com/gpu"
+    product: Annotated[
+        str | None,
+        Field(
+            max_length=63,
+            description="Required GPU model, the nvidia.com/gpu.product node label.",
+        ),
+    ] = None
+    min_memory_mi_b: Annotated[
+        int | None,
+        Field(
+            alias="minMemoryMiB",
+            ge=1,
+            description="Only nodes whose nvidia.com/gpu.memory label is at least this.",
+        ),
+    ] = None
+    placement: Annotated[
+        Placement, Field(description="spread (default, for HA), pack or largest-first.")
+    ] = Placement.SPREAD
+    tolerations: Annotated[
+        list[Toleration], Field(max_length=32, description="Tolerations for GPU node taints.")
+    ] = Field(default_factory=list)
+
+
+class RoutingSpec(ApiModel):
+    """How the router balances requests."""
+
+    strategy: Annotated[
+        Strategy,
+        Field(description="round-robin, least-loaded, weighted or prefix-affinity."),
+    ] = Strategy.LEAST_LOADED
+    retries: Annotated[
+        int,
+        Field(ge=0, le=5, description="Retries on another worker before a byte was sent back."),
+    ] = 2
+    request_timeout_seconds: Annotated[
+        float, Field(gt=0, le=86_400, description="Per-request timeout.")
+    ] = 600.0
+    connect_timeout_seconds: Annotated[
+        float, Field(gt=0, le=60, description="Timeout to connect to a worker.")
+    ] = 2.0
+    queue_size: Annotated[
+        int,
+        Field(ge=0, le=100_000, description="Requests that may wait when all workers are full."),
+    ] = 256
+    queue_timeout_seconds: Annotated[
+        float, Field(gt=0, le=3_600, description="Longest wait in the queue before 429.")
+    ] = 30.0
+    max_concurrency_per_worker: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=4096,
+            description="In-flight requests per worker; engineArgs.maxNumSeqs when absent.",
+        ),
+    ] = None
+    prefix_length: Annotated[
+        int,
+        Field(ge=1, le=65_536, description="prefix-affinity: prompt characters that are hashed."),
+    ] = 256
+    load_factor: Annotated[
+        float,
+        Field(
+            ge=1.0,
+            le=10.0,
+            description="prefix-affinity: a worker takes at most this times the mean load.",
+        ),
+    ] = 1.25
+    router_replicas: Annotated[
+        int, Field(ge=0, le=64, description="Router pods.")
+    ] = 2
+    router_processes: Annotated[
+        int, Field(ge=1, le=64, description="Router processes per pod (SO_REUSEPORT).")
+    ] = 1
+    api_key_secret_ref: Annotated[
+        SecretKeyRef | None,
+        Field(description="Secret with the API key clients must send (Authorization: Bearer)."),
+    ] = None
+
+
+class AnalysisSpec(ApiModel):
+    """When a canary step passes: canary compared with stable, per step."""
+
+    max_error_rate: Annotated[
+        float, Field(ge=0, le=1, description="Highest canary error rate (0.01 = 1%).")
+    ] = 0.01
+    max_latency_ratio: Annotated[
+        float, Field(ge=1, le=100, description="Highest canary p99 latency / stable p99.")
+    ] = 1.5
+    max_ttft_ratio: Annotated[
+        float, Field(ge=1, le=100, description="Highest canary p99 TTFT / stable p99 TTFT.")
+    ] = 1.5
+    min_requests: Annotated[
+        int, Field(ge=0, le=1_000_000, description="Canary requests needed before judging.")
+    ] = 20
+
+
+class RolloutSpec(ApiModel):
+    """How a new revision replaces the stable one."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.steps.all(s, s >= 1 && s <= 100)",
+                    "rollout.steps must be between 1 and 100",
+                ),
+                cel(
+                    "self.steps.isSorted() && "
+                    "self.steps.all(s, self.steps.filter(t, t == s).size() == 1)",
+                    "rollout.steps must be strictly ascending",
+                ),
+                cel(
+                    "self.steps.size() == 0 || self.steps[self.steps.size() - 1] == 100",
+                    "rollout.steps must end with 100",
+                ),
+            ]
+        }
+    }
+
+    steps: Annotated[
+        list[int],
+        Field(
+            min_length=1,
+            max_length=20,
+            description="Canary traffic weights in percent, ascending, ending with 100.",
+        ),
+    ] = Field(default_factory=lambda: [10, 25, 50, 100])
+    step_interval_seconds: Annotated[
+        int, Field(ge=0, le=86_400, description="Time at each step before it is judged.")
+    ] = 60
+    max_surge: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1024,
+            description="Extra GPUs allowed during a rollout; 0 replaces pods one at a time.",
+        ),
+    ] = 1
+    analysis: Annotated[
+        AnalysisSpec, Field(description="Thresholds for judging the canary.")
+    ] = Field(default_factory=AnalysisSpec)
+    auto_rollback: Annotated[
+        bool, Field(description="Roll back on its own when the canary fails analysis.")
+    ] = True
+
+    @model_validator(mode="after")
+    def _steps_ascend_to_100(self) -> Self:
+        if any(not 1 <= s <= 100 for s in self.steps):
+            raise ValueError("rollout.steps must be between 1 and 100")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("rollout.steps must be strictly ascending")
+        if self.steps[-1] != 100:
+            raise ValueError("rollout.steps must end with 100")
+        return self
+
+
+class SimulatorSpec(ApiModel):
+    """Service-time model and faults of the simulated engine (engine: simulated)."""
+
+    ttft_ms: Annotated[
+        float, Field(ge=0, le=600_000, description="Base time to first token.")
+    ] = 20.0
+    prefill_us_per_token: Annotated[
+        float, Field(ge=0, le=1_000_000, description="Added prefill time per prompt token.")
+    ] = 0.0
+    tpot_ms: Annotated[
+        float, Field(ge=0, le=60_000, description="Time per output token.")
+    ] = 5.0
+    max_num_seqs: Annotated[
+        int, Field(ge=1, le=4096, description="Batch slots; more requests wait.")
+    ] = 64
+    load_seconds: Annotated[
+        float, Field(ge=0, le=3_600, description="Simulated model load time.")
+    ] = 0.0
+    error_rate: Annotated[
+        float, Field(ge=0, le=1, description="Fraction of requests answered with 500.")
+    ] = 0.0
+    added_latency_ms: Annotated[
+        float, Field(ge=0, le=600_000, description="Latency added before every answer.")
+    ] = 0.0
+    seed: Annotated[int, Field(ge=0, description="Seed for deterministic output.")] = 0
+    crash_after_requests: Annotated[
+        int | None, Field(ge=1, description="Exit after this many requests.")
+    ] = None
+    gpu_fault_after_requests: Annotated[
+        int | None,
+        Field(ge=1, description="Report a fatal GPU fault (Xid 79) after this many requests."),
+    ] = None
+
+
+class ResourceSpec(ApiModel):
+    """CPU and memory for a container (requests = limits for memory)."""
+
+    cpu: Annotated[
+        str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request, e.g. 4 or 500m.")
+    ] = "1"
+    memory: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+            description="Memory request and limit, e.g. 32Gi.",
+        ),
+    ] = "4Gi"
+
+
+class WorkerSpec(ApiModel):
+    """The worker pods (one GPU each)."""
+
+    engine: Annotated[
+        Engine, Field(description="vllm (default) or simulated (no GPU needed).")
+    ] = Engine.VLLM
+    image: Annotated[
+        str | None,
+        Field(max_length=512, description="Worker image; kubeinfer's vLLM image when absent."),
+    ] = None
+    resources: Annotated[
+        ResourceSpec, Field(description="CPU and memory besides the GPU.")
+    ] = Field(default_factory=lambda: ResourceSpec(cpu="4", memory="32Gi"))
+    simulator: Annotated[
+        SimulatorSpec, Field(description="Simulated engine settings (engine: simulated).")
+    ] = Field(default_factory=SimulatorSpec)
+    drain_seconds: Annotated[
+        int,
+        Field(ge=0, le=3_600, description="How long in-flight requests may finish on shutdown."),
+    ] = 30
+    load_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=30,
+            le=86_400,
+            description="Longest model load before the pod restarts; grows with size if absent.",
+        ),
+    ] = None
+
+
+class InferenceServiceSpec(ApiModel):
+    """What the user asks for: a model on `replicas` GPUs, behind a router."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.replicas == 0 || self.rollout.maxSurge <= self.replicas",
+                    "rollout.maxSurge must not exceed replicas",
+                ),
+            ]
+        }
+    }
+
+    model: Annotated[ModelSpec, Field(description="The model to serve.")]
+    replicas: Annotated[
+        int, Field(ge=0, le=1024, description="GPUs, one worker pod each (0 allowed).")
+    ] = 1
+    gpu: Annotated[GPUSpec, Field(description="Which GPUs and how to place pods.")] = Field(
+        default_factory=GPUSpec
+    )
+    routing: Annotated[RoutingSpec, Field(description="Load balancing.")] = Field(
+        default_factory=RoutingSpec
+    )
+    rollout: Annotated[RolloutSpec, Field(description="Canary rollout of new revisions.")] = (
+        Field(default_factory=RolloutSpec)
+    )
+    worker: Annotated[WorkerSpec, Field(description="The worker pods.")] = Field(
+        default_factory=WorkerSpec
+    )
+
+    @model_validator(mode="after")
+    def _surge_within_replicas(self) -> Self:
+        if self.replicas and self.rollout.max_surge > self.replicas:
+            raise ValueError("rollout.maxSurge must not exceed replicas")
+        return self

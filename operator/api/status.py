@@ -1,0 +1,180 @@
+"""`InferenceService.status`: what the operator observed and decided.
+
+All rollout state lives here (never only in the operator's memory), so an
+operator restarted mid-rollout continues where it was.
+"""
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from kubeinfer.operator.api.base import ApiModel
+from pydantic import Field
+
+
+class Phase(StrEnum):
+    """The one-word summary shown by `kubectl get infsvc`."""
+
+    PENDING = "Pending"  # nothing ready yet
+    READY = "Ready"  # all replicas ready, no rollout
+    PROGRESSING = "Progressing"  # a rollout or a scale change is under way
+    DEGRADED = "Degraded"  # serving, but with fewer ready replicas than asked
+    FAILED = "Failed"  # the spec can never work (see conditions)
+
+
+class RolloutPhase(StrEnum):
+    """Where a canary rollout stands (see kubeinfer.operator.rollout)."""
+
+    IDLE = "Idle"  # no canary: every pod runs the stable revision
+    PROGRESSING = "Progressing"  # canary pods being created / becoming ready
+    ANALYSING = "Analysing"  # at a step, waiting for time and requests, then judging
+    PAUSED = "Paused"  # held by the user (kubeinfer.io/rollout: pause)
+    PROMOTING = "Promoting"  # canary passed: becoming stable, old pods draining
+    ROLLING_BACK = "RollingBack"  # canary failed or aborted: canary pods going away
+    FAILED = "Failed"  # rolled back; this revision is not retried until the spec changes
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    ROLLED_BACK = "RolledBack"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: Annotated[str, Field(description="Ready, Progressing, Degraded or RolledBack.")]
+    status: Annotated[ConditionStatus, Field(description="True, False or Unknown.")]
+    reason: Annotated[str, Field(description="CamelCase reason.")] = ""
+    message: Annotated[str, Field(description="Human-readable details.")] = ""
+    last_transition_time: Annotated[
+        str | None, Field(description="When status last changed (RFC 3339).")
+    ] = None
+    observed_generation: Annotated[
+        int | None, Field(description="Generation this condition was set for.")
+    ] = None
+
+
+class RevisionStats(ApiModel):
+    """Per-revision stats read from the routers' /debug/backends."""
+
+    requests: Annotated[int, Field(description="Requests in the window.")] = 0
+    errors: Annotated[int, Field(description="Failed requests in the window.")] = 0
+    error_rate: Annotated[float, Field(description="errors / requests.")] = 0.0
+    p99_latency_ms: Annotated[float | None, Field(description="p99 latency.")] = None
+    p99_ttft_ms: Annotated[float | None, Field(description="p99 time to first token.")] = None
+
+
+class AnalysisResult(ApiModel):
+    """The last canary judgement."""
+
+    step: Annotated[int, Field(description="Step index judged.")] = 0
+    passed: Annotated[bool | None, Field(description="True passed, False failed.")] = None
+    message: Annotated[str, Field(description="Why, with the measured numbers.")] = ""
+    canary: Annotated[RevisionStats, Field(description="Canary stats.")] = Field(
+        default_factory=RevisionStats
+    )
+    stable: Annotated[RevisionStats, Field(description="Stable stats.")] = Field(
+        default_factory=RevisionStats
+    )
+
+
+class RolloutStatus(ApiModel):
+    """The canary state machine's persisted state."""
+
+    phase: Annotated[RolloutPhase, Field(description="Rollout phase.")] = RolloutPhase.IDLE
+    step: Annotated[int, Field(ge=0, description="Index into spec.rollout.steps.")] = 0
+    step_started_at: Annotated[
+        str | None, Field(description="When the current step started (RFC 3339).")
+    ] = None
+    baseline_requests: Annotated[
+        int, Field(description="Canary requests counted before this step started.")
+    ] = 0
+    failed_revision: Annotated[
+        str | None, Field(description="Revision that failed; not retried until the spec changes.")
+    ] = None
+    last_analysis: Annotated[
+        AnalysisResult | None, Field(description="The last canary judgement.")
+    ] = None
+
+
+class RevisionRecord(ApiModel):
+    """One entry of the revision history, enough to roll back to it."""
+
+    number: Annotated[int, Field(ge=1, description="Increasing revision number.")]
+    revision: Annotated[str, Field(description="Revision hash.")]
+    created_at: Annotated[str | None, Field(description="When first seen (RFC 3339).")] = None
+    template: Annotated[
+        dict[str, Any],
+        Field(
+            description="The revisioned spec fields (model, gpu, worker) of this revision.",
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ] = Field(default_factory=dict)
+
+
+class ReplicaStatus(ApiModel):
+    """One worker pod."""
+
+    pod: Annotated[str, Field(description="Pod name.")]
+    replica: Annotated[int, Field(description="Replica index.")]
+    revision: Annotated[str, Field(description="Revision hash of the pod.")]
+    node: Annotated[str | None, Field(description="Node it runs on.")] = None
+    gpu_product: Annotated[str | None, Field(description="GPU model of that node.")] = None
+    ready: Annotated[bool, Field(description="Ready and in rotation.")] = False
+    draining: Annotated[bool, Field(description="Finishing in-flight requests.")] = False
+    restarts: Annotated[int, Field(description="Container restarts.")] = 0
+    last_failure: Annotated[str | None, Field(description="Last failure reason.")] = None
+
+
+class InferenceServiceStatus(ApiModel):
+    """What the operator observed and decided."""
+
+    observed_generation: Annotated[
+        int | None, Field(description="metadata.generation last reconciled.")
+    ] = None
+    phase: Annotated[Phase, Field(description="One-word summary.")] = Phase.PENDING
+    conditions: Annotated[list[Condition], Field(description="Ready, Progressing, ...")] = Field(
+        default_factory=list
+    )
+    replicas: Annotated[int, Field(description="Worker pods that exist.")] = 0
+    ready_replicas: Annotated[int, Field(description="Worker pods in rotation.")] = 0
+    updated_replicas: Annotated[
+        int, Field(description="Worker pods of the newest revision.")
+    ] = 0
+    ready_text: Annotated[
+        str, Field(description="ready/desired, for kubectl get.")
+    ] = "0/0"
+    selector: Annotated[
+        str | None, Field(description="Label selector of the worker pods (scale subresource).")
+    ] = None
+    stable_revision: Annotated[str | None, Field(description="Revision serving by default.")] = (
+        None
+    )
+    canary_revision: Annotated[str | None, Field(description="Revision being rolled out.")] = (
+        None
+    )
+    canary_weight: Annotated[
+        int, Field(ge=0, le=100, description="Percent of traffic to the canary.")
+    ] = 0
+    rollout: Annotated[RolloutStatus, Field(description="Canary state machine.")] = Field(
+        default_factory=RolloutStatus
+    )
+    revision_history: Annotated[
+        list[RevisionRecord], Field(description="Past revisions, newest last.")
+    ] = Field(default_factory=list)
+    replica_statuses: Annotated[
+        list[ReplicaStatus], Field(description="One row per worker pod.")
+    ] = Field(default_factory=list)
+    router_endpoint: Annotated[
+        str | None, Field(description="URL of the router Service.")
+    ] = None
+    warnings: Annotated[list[str], Field(description="Things worth a look.")] = Field(
+        default_factory=list
+    )

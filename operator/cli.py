@@ -1,0 +1,30 @@
+"""`kubeinfer`: the command-line entry point.
+
+Subcommands dispatch to the module that owns them, imported lazily so that
+`kubeinfer crds` does not pay for a Kubernetes client.
+"""
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "cluster":
+        from kubeinfer.localcluster.cli import main as cluster_main
+
+        return cluster_main(args[1:])
+    parser = argparse.ArgumentParser(prog="kubeinfer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("cluster", help="the local control plane: up|down|status|env|build")
+    crds = sub.add_parser("crds", help="write the CRD YAML generated from the API models")
+    crds.add_argument("--out", default="crds/", help="folder to write into")
+    parsed = parser.parse_args(args)
+    if parsed.command == "crds":
+        from kubeinfer.operator.crdgen import write_crds
+
+        for path in write_crds(parsed.out):
+            print(path)
+        return 0
+    parser.error(f"unknown command {parsed.command}")
+    return 2
