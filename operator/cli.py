@@ -26,5 +26,4 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_crds(parsed.out):
             print(path)
         return 0
-    parser.error(f"unknown command {parsed.command}")
-    return 2
+    raise AssertionError(f"unhandled command {parsed.command}")

@@ -36,7 +36,9 @@ class Backend(ApiModel):
     name: Annotated[str, Field(min_length=1, description="Pod name (stable id of the backend).")]
     url: Annotated[
         str,
-        Field(pattern=r"^https?://", description="Base URL of the engine, e.g. http://10.0.0.5:8000"),
+        Field(
+            pattern=r"^https?://", description="Base URL of the engine, e.g. http://10.0.0.5:8000"
+        ),
     ]
     revision: Annotated[str, Field(min_length=1, description="Revision the worker runs.")]
     health_url: Annotated[
@@ -49,9 +51,9 @@ class Backend(ApiModel):
     weight: Annotated[
         int, Field(ge=0, le=1000, description="Relative weight within its revision (weighted).")
     ] = 1
-    draining: Annotated[
-        bool, Field(description="Finishing in-flight requests: no new ones.")
-    ] = False
+    draining: Annotated[bool, Field(description="Finishing in-flight requests: no new ones.")] = (
+        False
+    )
     max_concurrency: Annotated[
         int | None, Field(ge=1, le=100_000, description="In-flight limit; unlimited when absent.")
     ] = None

@@ -116,9 +116,9 @@ class ModelSpec(ApiModel):
         str | None,
         Field(max_length=128, description="Hub revision (branch, tag or commit)."),
     ] = None
-    engine_args: Annotated[
-        EngineArgs, Field(description="Engine arguments (vLLM flags).")
-    ] = Field(default_factory=EngineArgs)
+    engine_args: Annotated[EngineArgs, Field(description="Engine arguments (vLLM flags).")] = Field(
+        default_factory=EngineArgs
+    )
     vram_gi_b: Annotated[
         float | None,
         Field(
@@ -157,9 +157,9 @@ class Toleration(ApiModel):
     """A Kubernetes toleration (GPU nodes are often tainted)."""
 
     key: Annotated[str | None, Field(max_length=317, description="Taint key.")] = None
-    operator: Annotated[
-        str, Field(pattern=r"^(Exists|Equal)$", description="Exists or Equal.")
-    ] = "Equal"
+    operator: Annotated[str, Field(pattern=r"^(Exists|Equal)$", description="Exists or Equal.")] = (
+        "Equal"
+    )
     value: Annotated[str | None, Field(max_length=63, description="Taint value.")] = None
     effect: Annotated[
         str | None,
@@ -201,6 +201,21 @@ class GPUSpec(ApiModel):
     tolerations: Annotated[
         list[Toleration], Field(max_length=32, description="Tolerations for GPU node taints.")
     ] = Field(default_factory=list)
+
+
+class ResourceSpec(ApiModel):
+    """CPU and memory for a container (requests = limits for memory)."""
+
+    cpu: Annotated[
+        str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request, e.g. 4 or 500m.")
+    ] = "1"
+    memory: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+            description="Memory request and limit, e.g. 32Gi.",
+        ),
+    ] = "4Gi"
 
 
 class RoutingSpec(ApiModel):
@@ -247,12 +262,13 @@ class RoutingSpec(ApiModel):
             description="prefix-affinity: a worker takes at most this times the mean load.",
         ),
     ] = 1.25
-    router_replicas: Annotated[
-        int, Field(ge=0, le=64, description="Router pods.")
-    ] = 2
+    router_replicas: Annotated[int, Field(ge=0, le=64, description="Router pods.")] = 2
     router_processes: Annotated[
         int, Field(ge=1, le=64, description="Router processes per pod (SO_REUSEPORT).")
     ] = 1
+    router_resources: Annotated[
+        ResourceSpec, Field(description="CPU and memory of each router pod.")
+    ] = Field(default_factory=lambda: ResourceSpec(cpu="1", memory="512Mi"))
     api_key_secret_ref: Annotated[
         SecretKeyRef | None,
         Field(description="Secret with the API key clients must send (Authorization: Bearer)."),
@@ -283,16 +299,17 @@ class RolloutSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel(
-                    "self.steps.all(s, s >= 1 && s <= 100)",
+                    "!has(self.steps) || self.steps.all(s, s >= 1 && s <= 100)",
                     "rollout.steps must be between 1 and 100",
                 ),
                 cel(
-                    "self.steps.isSorted() && "
+                    "!has(self.steps) || self.steps.isSorted() && "
                     "self.steps.all(s, self.steps.filter(t, t == s).size() == 1)",
                     "rollout.steps must be strictly ascending",
                 ),
                 cel(
-                    "self.steps.size() == 0 || self.steps[self.steps.size() - 1] == 100",
+                    "!has(self.steps) || self.steps.size() == 0 || "
+                    "self.steps[self.steps.size() - 1] == 100",
                     "rollout.steps must end with 100",
                 ),
             ]
@@ -306,7 +323,7 @@ class RolloutSpec(ApiModel):
             max_length=20,
             description="Canary traffic weights in percent, ascending, ending with 100.",
         ),
-    ] = Field(default_factory=lambda: [10, 25, 50, 100])
+    ] = [10, 25, 50, 100]
     step_interval_seconds: Annotated[
         int, Field(ge=0, le=86_400, description="Time at each step before it is judged.")
     ] = 60
@@ -318,9 +335,9 @@ class RolloutSpec(ApiModel):
             description="Extra GPUs allowed during a rollout; 0 replaces pods one at a time.",
         ),
     ] = 1
-    analysis: Annotated[
-        AnalysisSpec, Field(description="Thresholds for judging the canary.")
-    ] = Field(default_factory=AnalysisSpec)
+    analysis: Annotated[AnalysisSpec, Field(description="Thresholds for judging the canary.")] = (
+        Field(default_factory=AnalysisSpec)
+    )
     auto_rollback: Annotated[
         bool, Field(description="Roll back on its own when the canary fails analysis.")
     ] = True
@@ -339,15 +356,13 @@ class RolloutSpec(ApiModel):
 class SimulatorSpec(ApiModel):
     """Service-time model and faults of the simulated engine (engine: simulated)."""
 
-    ttft_ms: Annotated[
-        float, Field(ge=0, le=600_000, description="Base time to first token.")
-    ] = 20.0
+    ttft_ms: Annotated[float, Field(ge=0, le=600_000, description="Base time to first token.")] = (
+        20.0
+    )
     prefill_us_per_token: Annotated[
         float, Field(ge=0, le=1_000_000, description="Added prefill time per prompt token.")
     ] = 0.0
-    tpot_ms: Annotated[
-        float, Field(ge=0, le=60_000, description="Time per output token.")
-    ] = 5.0
+    tpot_ms: Annotated[float, Field(ge=0, le=60_000, description="Time per output token.")] = 5.0
     max_num_seqs: Annotated[
         int, Field(ge=1, le=4096, description="Batch slots; more requests wait.")
     ] = 64
@@ -370,34 +385,19 @@ class SimulatorSpec(ApiModel):
     ] = None
 
 
-class ResourceSpec(ApiModel):
-    """CPU and memory for a container (requests = limits for memory)."""
-
-    cpu: Annotated[
-        str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request, e.g. 4 or 500m.")
-    ] = "1"
-    memory: Annotated[
-        str,
-        Field(
-            pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
-            description="Memory request and limit, e.g. 32Gi.",
-        ),
-    ] = "4Gi"
-
-
 class WorkerSpec(ApiModel):
     """The worker pods (one GPU each)."""
 
-    engine: Annotated[
-        Engine, Field(description="vllm (default) or simulated (no GPU needed).")
-    ] = Engine.VLLM
+    engine: Annotated[Engine, Field(description="vllm (default) or simulated (no GPU needed).")] = (
+        Engine.VLLM
+    )
     image: Annotated[
         str | None,
         Field(max_length=512, description="Worker image; kubeinfer's vLLM image when absent."),
     ] = None
-    resources: Annotated[
-        ResourceSpec, Field(description="CPU and memory besides the GPU.")
-    ] = Field(default_factory=lambda: ResourceSpec(cpu="4", memory="32Gi"))
+    resources: Annotated[ResourceSpec, Field(description="CPU and memory besides the GPU.")] = (
+        Field(default_factory=lambda: ResourceSpec(cpu="4", memory="32Gi"))
+    )
     simulator: Annotated[
         SimulatorSpec, Field(description="Simulated engine settings (engine: simulated).")
     ] = Field(default_factory=SimulatorSpec)
@@ -422,6 +422,7 @@ class InferenceServiceSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel(
+                    "!has(self.rollout) || !has(self.rollout.maxSurge) || !has(self.replicas) || "
                     "self.replicas == 0 || self.rollout.maxSurge <= self.replicas",
                     "rollout.maxSurge must not exceed replicas",
                 ),
@@ -439,8 +440,8 @@ class InferenceServiceSpec(ApiModel):
     routing: Annotated[RoutingSpec, Field(description="Load balancing.")] = Field(
         default_factory=RoutingSpec
     )
-    rollout: Annotated[RolloutSpec, Field(description="Canary rollout of new revisions.")] = (
-        Field(default_factory=RolloutSpec)
+    rollout: Annotated[RolloutSpec, Field(description="Canary rollout of new revisions.")] = Field(
+        default_factory=RolloutSpec
     )
     worker: Annotated[WorkerSpec, Field(description="The worker pods.")] = Field(
         default_factory=WorkerSpec

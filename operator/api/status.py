@@ -145,21 +145,13 @@ class InferenceServiceStatus(ApiModel):
     )
     replicas: Annotated[int, Field(description="Worker pods that exist.")] = 0
     ready_replicas: Annotated[int, Field(description="Worker pods in rotation.")] = 0
-    updated_replicas: Annotated[
-        int, Field(description="Worker pods of the newest revision.")
-    ] = 0
-    ready_text: Annotated[
-        str, Field(description="ready/desired, for kubectl get.")
-    ] = "0/0"
+    updated_replicas: Annotated[int, Field(description="Worker pods of the newest revision.")] = 0
+    ready_text: Annotated[str, Field(description="ready/desired, for kubectl get.")] = "0/0"
     selector: Annotated[
         str | None, Field(description="Label selector of the worker pods (scale subresource).")
     ] = None
-    stable_revision: Annotated[str | None, Field(description="Revision serving by default.")] = (
-        None
-    )
-    canary_revision: Annotated[str | None, Field(description="Revision being rolled out.")] = (
-        None
-    )
+    stable_revision: Annotated[str | None, Field(description="Revision serving by default.")] = None
+    canary_revision: Annotated[str | None, Field(description="Revision being rolled out.")] = None
     canary_weight: Annotated[
         int, Field(ge=0, le=100, description="Percent of traffic to the canary.")
     ] = 0
@@ -172,9 +164,7 @@ class InferenceServiceStatus(ApiModel):
     replica_statuses: Annotated[
         list[ReplicaStatus], Field(description="One row per worker pod.")
     ] = Field(default_factory=list)
-    router_endpoint: Annotated[
-        str | None, Field(description="URL of the router Service.")
-    ] = None
+    router_endpoint: Annotated[str | None, Field(description="URL of the router Service.")] = None
     warnings: Annotated[list[str], Field(description="Things worth a look.")] = Field(
         default_factory=list
     )

@@ -1,0 +1,1 @@
+"""Pure builders: parsed InferenceService in, Kubernetes manifests (dicts) out."""

@@ -1,0 +1,289 @@
+"""The worker Pod: one GPU, one engine, one replica of an InferenceService.
+
+The operator owns these pods directly (no Deployment): it picks which pod
+to replace, labels each with its revision and replica index, and sizes
+canaries in whole GPUs.
+"""
+
+import hashlib
+import math
+from typing import Any
+
+from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.resource import ObjectMeta
+from kubeinfer.operator.api.spec import InferenceServiceSpec, ModelSpec, Placement
+from kubeinfer.operator.builders.common import (
+    Images,
+    child_metadata,
+    component_labels,
+    field_env,
+    restricted_container_security,
+    restricted_pod_security,
+    secret_env,
+    worker_selector,
+)
+from kubeinfer.operator.vram import estimate_vram_gib
+
+# Where a pvc:// model source is mounted (KServe's convention).
+MODEL_MOUNT = "/mnt/models"
+# Writable places for a read-only root filesystem: vLLM and the HF hub
+# write caches, torch compiles kernels, NCCL wants shared memory.
+CACHE_MOUNT = "/home/kubeinfer/.cache"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+# Startup budget: fixed overhead plus time per GiB of weights, so a 70B
+# model is not killed while it is still loading (vLLM listens only when
+# the model is loaded).
+STARTUP_BASE_SECONDS = 300
+STARTUP_SECONDS_PER_GIB = 30
+STARTUP_PERIOD_SECONDS = 10
+# Memory buckets for largest-first placement (MiB, GFD's unit).
+LARGEST_FIRST_BUCKETS = ((80_000, 100), (40_000, 60), (20_000, 30))
+
+
+def worker_pod_name(service: str, revision: str, replica: int, replaces: str | None = None) -> str:
+    """A deterministic name: the same inputs give the same name, so an
+    operator that restarts between "create" and "record in status" gets a
+    409 instead of a duplicate pod. A replacement derives its suffix from
+    the pod it replaces, so it always gets a new name."""
+    nonce = hashlib.sha256((replaces or "initial").encode()).hexdigest()[:5]
+    return f"{service}-{revision[:8]}-{replica}-{nonce}"
+
+
+def startup_budget_seconds(spec: InferenceServiceSpec) -> int:
+    if spec.worker.load_timeout_seconds is not None:
+        return spec.worker.load_timeout_seconds
+    vram = estimate_vram_gib(spec.model) or 0.0
+    return STARTUP_BASE_SECONDS + math.ceil(vram * STARTUP_SECONDS_PER_GIB)
+
+
+def engine_model_spec(model: ModelSpec) -> ModelSpec:
+    """The model spec as the worker sees it: pvc:// becomes the mount path,
+    and the secret reference stays out (the token arrives as HF_TOKEN)."""
+    source = model.source
+    if source.startswith("pvc://"):
+        _claim, _, path = source.removeprefix("pvc://").partition("/")
+        source = f"{MODEL_MOUNT}/{path}".rstrip("/")
+    return model.model_copy(update={"source": source, "secret_ref": None})
+
+
+def _worker_args(spec: InferenceServiceSpec) -> list[str]:
+    model_json = engine_model_spec(spec.model).model_dump_json(by_alias=True, exclude_none=True)
+    args = [
+        "--engine",
+        spec.worker.engine.value,
+        f"--model-spec={model_json}",
+        f"--port={c.WORKER_HTTP_PORT}",
+        f"--agent-port={c.WORKER_AGENT_PORT}",
+        f"--drain-seconds={spec.worker.drain_seconds}",
+    ]
+    if spec.worker.engine.value == "simulated":
+        sim_json = spec.worker.simulator.model_dump_json(by_alias=True, exclude_none=True)
+        args.append(f"--simulator-spec={sim_json}")
+    return args
+
+
+def _volumes(spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    if spec.model.source.startswith("pvc://"):
+        claim = spec.model.source.removeprefix("pvc://").split("/", 1)[0]
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    env = [
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("NODE_NAME", "spec.nodeName"),
+        {"name": "HOME", "value": "/home/kubeinfer"},
+        {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
+    ]
+    if spec.model.source.startswith(("/", "pvc://")):
+        # Local weights: never reach out to the hub.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    if spec.model.secret_ref is not None:
+        ref = spec.model.secret_ref
+        env.append(secret_env("HF_TOKEN", ref.name, ref.key))
+    return env
+
+
+def _affinity(spec: InferenceServiceSpec, service: str) -> dict[str, Any]:
+    required: list[dict[str, Any]] = []
+    if spec.gpu.min_memory_mi_b is not None:
+        required.append(
+            {
+                "key": "nvidia.com/gpu.memory",
+                "operator": "Gt",
+                "values": [str(spec.gpu.min_memory_mi_b - 1)],
+            }
+        )
+    affinity: dict[str, Any] = {}
+    node_affinity: dict[str, Any] = {}
+    if required:
+        node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            "nodeSelectorTerms": [{"matchExpressions": required}]
+        }
+    if spec.gpu.placement is Placement.LARGEST_FIRST:
+        node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "weight": weight,
+                "preference": {
+                    "matchExpressions": [
+                        {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": [str(mib)]}
+                    ]
+                },
+            }
+            for mib, weight in LARGEST_FIRST_BUCKETS
+        ]
+    if node_affinity:
+        affinity["nodeAffinity"] = node_affinity
+    if spec.gpu.placement is Placement.PACK:
+        affinity["podAffinity"] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": worker_selector(service)},
+                    },
+                }
+            ]
+        }
+    return affinity
+
+
+def _tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule (GKE does it
+    # automatically); a GPU pod always tolerates that.
+    tolerations = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations += [t.to_dict() for t in spec.gpu.tolerations]
+    return tolerations
+
+
+def build_worker_pod(
+    meta: ObjectMeta,
+    spec: InferenceServiceSpec,
+    *,
+    revision: str,
+    replica: int,
+    images: Images,
+    replaces: str | None = None,
+    avoid_nodes: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The Pod for replica ``replica`` of revision ``revision``.
+
+    ``replaces`` names the failed pod this one replaces (it only changes the
+    name); ``avoid_nodes`` keeps the pod off nodes where it failed before,
+    as a preference so that a small cluster can still place it.
+    """
+    labels = component_labels(meta.name, c.COMPONENT_WORKER) | {
+        c.LABEL_REVISION: revision,
+        c.LABEL_REPLICA: str(replica),
+    }
+    name = worker_pod_name(meta.name, revision, replica, replaces)
+    volumes, mounts = _volumes(spec)
+    resources = spec.worker.resources
+    gpu = spec.gpu.resource_name
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.worker.image or images.worker,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["kubeinfer-worker"],
+        "args": _worker_args(spec),
+        "ports": [
+            {"name": "http", "containerPort": c.WORKER_HTTP_PORT, "protocol": "TCP"},
+            {"name": "agent", "containerPort": c.WORKER_AGENT_PORT, "protocol": "TCP"},
+        ],
+        "env": _env(spec),
+        "resources": {
+            "requests": {"cpu": resources.cpu, "memory": resources.memory, gpu: "1"},
+            "limits": {"memory": resources.memory, gpu: "1"},
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/ready", "port": "agent"},
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "timeoutSeconds": 2,
+            "failureThreshold": max(1, startup_budget_seconds(spec) // STARTUP_PERIOD_SECONDS),
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": "agent"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": "agent"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": mounts,
+        "securityContext": restricted_container_security(),
+        "terminationMessagePath": c.DEFAULT_TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Always",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # The agent drains for drainSeconds, then stops the engine.
+        "terminationGracePeriodSeconds": spec.worker.drain_seconds + 30,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        "tolerations": _tolerations(spec),
+    }
+    if spec.gpu.product:
+        pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu.product}
+    affinity = _affinity(spec, meta.name)
+    if avoid_nodes:
+        preferred = affinity.setdefault("nodeAffinity", {}).setdefault(
+            "preferredDuringSchedulingIgnoredDuringExecution", []
+        )
+        preferred.append(
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/hostname",
+                            "operator": "NotIn",
+                            "values": sorted(avoid_nodes),
+                        }
+                    ]
+                },
+            }
+        )
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if spec.gpu.placement is Placement.SPREAD:
+        pod_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": worker_selector(meta.name)},
+            }
+        ]
+    annotations = {}
+    if replaces:
+        annotations[f"{c.GROUP}/replaces"] = replaces
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": child_metadata(meta, name, labels, annotations),
+        "spec": pod_spec,
+    }

@@ -1,0 +1,77 @@
+"""Least-privilege RBAC, defined once.
+
+The integration tests run the operator with a ServiceAccount token bound to
+exactly ``operator_cluster_role()``, and the Helm chart renders the same
+rules (``kubeinfer rbac`` prints them), so what is tested is what ships.
+"""
+
+from typing import Any
+
+from kubeinfer.operator.api.constants import GROUP, PLURAL
+
+OPERATOR_NAME = "kubeinfer-operator"
+_CHILD = ["get", "list", "watch", "create", "update", "patch", "delete"]
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+def operator_rules() -> list[dict[str, Any]]:
+    """What the operator does, and nothing more:
+
+    - reads InferenceServices and writes their status (never their spec,
+      except `kubeinfer rollout undo`, which runs as the user);
+    - owns worker Pods, the router Deployment/Service/ServiceAccount/Role/
+      RoleBinding, the routing-table ConfigMap and the NetworkPolicy;
+    - reads Nodes (GPU labels, NotReady) and writes Events.
+
+    Granting the routers' Role requires holding its rules (Kubernetes
+    prevents privilege escalation), which ``configmaps`` here covers.
+    """
+    return [
+        _rule([GROUP], [PLURAL], ["get", "list", "watch", "patch"]),
+        _rule([GROUP], [f"{PLURAL}/status"], ["get", "patch", "update"]),
+        _rule([""], ["pods"], ["get", "list", "watch", "create", "delete", "patch"]),
+        _rule([""], ["configmaps", "services", "serviceaccounts"], _CHILD),
+        _rule(["apps"], ["deployments"], _CHILD),
+        _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], _CHILD),
+        _rule(["networking.k8s.io"], ["networkpolicies"], _CHILD),
+        _rule([""], ["nodes"], ["get", "list", "watch"]),
+        _rule([""], ["events"], ["create", "patch"]),
+        _rule(["events.k8s.io"], ["events"], ["create", "patch"]),
+    ]
+
+
+def router_rules(routes_configmap: str) -> list[dict[str, Any]]:
+    """A router reads one ConfigMap: its routing table (watched with a
+    ``metadata.name`` field selector, which resourceNames authorizes)."""
+    return [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [routes_configmap],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+
+
+def operator_cluster_role(name: str = OPERATOR_NAME) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "kubeinfer"}},
+        "rules": operator_rules(),
+    }
+
+
+def operator_cluster_role_binding(
+    namespace: str, service_account: str = OPERATOR_NAME, name: str = OPERATOR_NAME
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "kubeinfer"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+    }

@@ -1,0 +1,117 @@
+"""The API: defaults, and every validation rule with its exact message."""
+
+from typing import Any
+
+import pytest
+from kubeinfer.operator.api import (
+    Engine,
+    InvalidSpecError,
+    Placement,
+    RoutingTable,
+    Strategy,
+    parse_spec,
+)
+
+BASE: dict[str, Any] = {"model": {"name": "llama", "source": "meta/llama-8b"}}
+
+
+def with_(path: str, value: Any) -> dict[str, Any]:
+    """BASE with one nested field set, e.g. with_("rollout.steps", [5])."""
+    raw: dict[str, Any] = {"model": dict(BASE["model"])}
+    node = raw
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return raw
+
+
+class TestDefaults:
+    def test_model_only_spec_gets_working_defaults(self) -> None:
+        spec = parse_spec(BASE)
+        assert spec.replicas == 1
+        assert spec.gpu.resource_name == "nvidia.com/gpu"
+        assert spec.gpu.placement is Placement.SPREAD
+        assert spec.routing.strategy is Strategy.LEAST_LOADED
+        assert spec.rollout.steps == [10, 25, 50, 100]
+        assert spec.rollout.max_surge == 1
+        assert spec.rollout.auto_rollback is True
+        assert spec.worker.engine is Engine.VLLM
+
+    def test_defaults_round_trip_through_camel_case(self) -> None:
+        spec = parse_spec(BASE)
+        again = parse_spec(spec.to_dict())
+        assert again == spec
+        assert "maxSurge" in spec.to_dict()["rollout"]
+        assert "vramGiB" not in spec.to_dict()["model"]
+
+    def test_zero_replicas_allowed(self) -> None:
+        assert parse_spec(with_("replicas", 0)).replicas == 0
+
+
+INVALID = [
+    (with_("replicas", -1), "replicas: Input should be greater than or equal to 0"),
+    (with_("rollout.steps", [50, 25, 100]), "rollout: rollout.steps must be strictly ascending"),
+    (with_("rollout.steps", [10, 10, 100]), "rollout: rollout.steps must be strictly ascending"),
+    (with_("rollout.steps", [10, 50]), "rollout: rollout.steps must end with 100"),
+    (with_("rollout.steps", [0, 100]), "rollout: rollout.steps must be between 1 and 100"),
+    (
+        with_("rollout.steps", []),
+        "rollout.steps: List should have at least 1 item after validation",
+    ),
+    (
+        {**with_("rollout.maxSurge", 3), "replicas": 2},
+        "maxSurge must not exceed replicas",
+    ),
+    (with_("routing.strategy", "random"), "routing.strategy: Input should be 'round-robin'"),
+    (with_("gpu.placement", "scatter"), "gpu.placement: Input should be 'spread'"),
+    (with_("routing.retries", 9), "routing.retries: Input should be less than or equal to 5"),
+    (
+        with_("model.engineArgs.gpuMemoryUtilization", 1.5),
+        "model.engineArgs.gpuMemoryUtilization: Input should be less than or equal to 1",
+    ),
+    (with_("model.source", "ftp://host/x"), "model.source scheme 'ftp' is not supported"),
+    (with_("model.name", "has space"), "model.name: String should match pattern"),
+    (with_("model.secretRef", {"name": "Bad_Name"}), "model.secretRef.name: String should match"),
+    (with_("replica", 3), "replica: Extra inputs are not permitted"),
+    (with_("worker.engine", "tgi"), "worker.engine: Input should be 'vllm' or 'simulated'"),
+    (with_("rollout.analysis.maxErrorRate", 2), "maxErrorRate: Input should be less than or equal"),
+    ({"replicas": 1}, "model: Field required"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), INVALID, ids=[m for _, m in INVALID])
+def test_invalid_spec_is_rejected_with_a_clear_message(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(raw)
+    assert message in str(caught.value)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    raw = with_("replicas", -1)
+    raw["routing"] = {"strategy": "random"}
+    with pytest.raises(InvalidSpecError) as caught:
+        parse_spec(raw)
+    assert "replicas:" in str(caught.value)
+    assert "routing.strategy:" in str(caught.value)
+
+
+ROUTING_INVALID = [
+    ({"revisionWeights": {"a": 60, "b": 30}}, "revisionWeights must add up to 100, not 90"),
+    ({"revisionWeights": {"a": 120, "b": -20}}, "revisionWeights must be between 0 and 100"),
+    (
+        {
+            "backends": [
+                {"name": "p", "url": "http://127.0.0.1:1", "revision": "r"},
+                {"name": "p", "url": "http://127.0.0.1:2", "revision": "r"},
+            ]
+        },
+        "backend names must be unique",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), ROUTING_INVALID)
+def test_routing_table_rejects_inconsistent_tables(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoutingTable.model_validate({"service": "s", "model": "m", **extra})
