@@ -38,11 +38,6 @@ IMAGE_REPOSITORY_ROUTER: Final = "ghcr.io/kubeinfer/router"
 IMAGE_REPOSITORY_OPERATOR: Final = "ghcr.io/kubeinfer/operator"
 DEFAULT_IMAGE_TAG: Final = "0.1.0"
 
-# Where a worker pod sees the volume of a `pvc://CLAIM/path` model source:
-# the pod builder mounts CLAIM at MODEL_PVC_MOUNT_ROOT/CLAIM (read-only) and
-# the worker serves MODEL_PVC_MOUNT_ROOT/CLAIM/path.
-MODEL_PVC_MOUNT_ROOT: Final = "/models"
-
 # Ports.
 WORKER_HTTP_PORT: Final = 8000  # vLLM's OpenAI-compatible server
 WORKER_AGENT_PORT: Final = 8081  # kubeinfer agent: /ready /live /gpu /metrics
