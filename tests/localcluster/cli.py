@@ -1,0 +1,138 @@
+"""`kubeinfer cluster ...`: build, start, stop and poke the local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kubeinfer.localcluster import controlplane, failures
+from kubeinfer.localcluster.build import BuildError, ensure_all
+from kubeinfer.localcluster.components import Layout
+from kubeinfer.localcluster.health import StartupError
+from kubeinfer.localcluster.paths import default_cluster_dir
+from kubeinfer.localcluster.state import ClusterState
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubeinfer cluster",
+        description="A real Kubernetes control plane with simulated GPU nodes, on loopback.",
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None,
+        help="cluster state folder (default: $KUBEINFER_CLUSTER_DIR or ~/.cache/kubeinfer/cluster)",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build (or find cached) etcd, Kubernetes, KWOK and helm")
+    up = sub.add_parser("up", help="start the cluster and wait until it is healthy")
+    up.add_argument("--topology", type=Path, help="node topology YAML (default: 2xH100x4, A400x2)")
+    sub.add_parser("down", help="stop every process of the cluster")
+    sub.add_parser("status", help="components, their pids and the nodes")
+    sub.add_parser("env", help="print shell exports: eval $(kubeinfer cluster env)")
+    kill = sub.add_parser("kill", help="signal a runtime pod's process (default SIGKILL)")
+    kill.add_argument("pod")
+    kill.add_argument("-n", "--namespace", default="default")
+    kill.add_argument("-c", "--container", default=None)
+    kill.add_argument("--signal", default="KILL", help="signal name, e.g. TERM, KILL")
+    for name, text in (("node-down", "make a node NotReady and kill its pod processes"),
+                       ("node-up", "bring a node taken down back")):  # fmt: skip
+        node = sub.add_parser(name, help=text)
+        node.add_argument("node")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run one `kubeinfer cluster` subcommand; the exit status."""
+    args = _parser().parse_args(argv)
+    root: Path = args.dir or default_cluster_dir()
+    try:
+        return _COMMANDS[args.command](args, root)
+    except (BuildError, StartupError, failures.NoCluster) as error:
+        print(f"kubeinfer cluster {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _build(args: argparse.Namespace, root: Path) -> int:
+    for name, path in ensure_all(_progress).items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _up(args: argparse.Namespace, root: Path) -> int:
+    state = controlplane.up(root, topology_path=args.topology, progress=_progress)
+    print(f"cluster running; use it with: eval $(kubeinfer cluster env --dir {state.root})"
+          if args.dir else "cluster running; use it with: eval $(kubeinfer cluster env)")  # fmt: skip
+    return 0
+
+
+def _down(args: argparse.Namespace, root: Path) -> int:
+    if not controlplane.down(root, progress=_progress):
+        _progress(f"no cluster running in {root}")
+    return 0
+
+
+def _load(root: Path) -> ClusterState:
+    state = ClusterState.load(Layout(root).state_file)
+    if state is None:
+        raise failures.NoCluster(f"no cluster is running in {root} (kubeinfer cluster up)")
+    return state
+
+
+def _status(args: argparse.Namespace, root: Path) -> int:
+    state = _load(root)
+    running = controlplane.is_running(state)
+    print(f"cluster {root}: {'running' if running else 'DEGRADED'}, server {state.server}")
+    for component in state.components:
+        alive = "up" if os.path.exists(f"/proc/{component.pid}") else "DOWN"
+        print(f"  {component.name:<24} pid {component.pid:<8} {alive:<5} log {component.log}")
+    if running:
+        subprocess.run([state.kubectl, "--kubeconfig", state.kubeconfig, "get", "nodes",
+                        "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count"], check=False)  # fmt: skip
+    return 0 if running else 1
+
+
+def _env(args: argparse.Namespace, root: Path) -> int:
+    state = _load(root)
+    tools = str(Path(state.kubectl).parent)
+    print(f"export KUBECONFIG={shlex.quote(state.kubeconfig)}")
+    print(f"export KUBEINFER_CLUSTER_DIR={shlex.quote(state.root)}")
+    print(f'export PATH={shlex.quote(tools)}:"$PATH"')
+    return 0
+
+
+def _kill(args: argparse.Namespace, root: Path) -> int:
+    sig = signal.Signals[f"SIG{args.signal.upper().removeprefix('SIG')}"]
+    hit = failures.kill_pod(root, args.namespace, args.pod, args.container, sig)
+    if not hit:
+        print(f"no running process for pod {args.namespace}/{args.pod}", file=sys.stderr)
+        return 1
+    for record in hit:
+        print(f"sent {sig.name} to {record.namespace}/{record.pod} {record.container} "
+              f"(process group {record.pid})")  # fmt: skip
+    return 0
+
+
+def _node(args: argparse.Namespace, root: Path) -> int:
+    failures.set_node_down(root, args.node, down=args.command == "node-down")
+    return 0
+
+
+_COMMANDS = {
+    "build": _build,
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "env": _env,
+    "kill": _kill,
+    "node-down": _node,
+    "node-up": _node,
+}
