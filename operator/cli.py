@@ -6,6 +6,7 @@ Subcommands dispatch to the module that owns them, imported lazily so that
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,11 +20,25 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cluster", help="the local control plane: up|down|status|env|build")
     crds = sub.add_parser("crds", help="write the CRD YAML generated from the API models")
     crds.add_argument("--out", default="crds/", help="folder to write into")
+    docs = sub.add_parser("docs", help="write the API field reference generated from the models")
+    docs.add_argument("--out", default="docs/api.md", help="file to write ('-': stdout)")
+    sub.add_parser("rbac", help="print the operator's ClusterRole YAML (the Helm chart ships it)")
     parsed = parser.parse_args(args)
     if parsed.command == "crds":
         from kubeinfer.operator.crdgen import write_crds
 
         for path in write_crds(parsed.out):
             print(path)
+        return 0
+    if parsed.command in ("docs", "rbac"):
+        from kubeinfer.operator import docgen
+
+        if parsed.command == "rbac":
+            sys.stdout.write(docgen.render_cluster_role())
+        elif parsed.out == "-":
+            sys.stdout.write(docgen.render_api_reference())
+        else:
+            Path(parsed.out).write_text(docgen.render_api_reference())
+            print(parsed.out)
         return 0
     raise AssertionError(f"unhandled command {parsed.command}")
