@@ -102,6 +102,10 @@ class RolloutStatus(ApiModel):
     last_analysis: Annotated[
         AnalysisResult | None, Field(description="The last canary judgement.")
     ] = None
+    baseline_errors: Annotated[
+        int, Field(description="Canary errors counted before this step started.")
+    ] = 0
+    message: Annotated[str, Field(description="What the rollout is doing or waiting for.")] = ""
 
 
 class RevisionRecord(ApiModel):
@@ -110,6 +114,9 @@ class RevisionRecord(ApiModel):
     number: Annotated[int, Field(ge=1, description="Increasing revision number.")]
     revision: Annotated[str, Field(description="Revision hash.")]
     created_at: Annotated[str | None, Field(description="When first seen (RFC 3339).")] = None
+    outcome: Annotated[
+        str, Field(description="How it became stable: Initial, Promoted or Undo.")
+    ] = "Initial"
     template: Annotated[
         dict[str, Any],
         Field(
