@@ -50,5 +50,5 @@ def replace_at(pod: PodInfo) -> float:
 
 def failures_after(pod: PodInfo, now: float) -> int:
     """The failure count the replacement of ``pod`` carries."""
-    lived = now - (pod.created_at or now)
+    lived = now - (pod.created_at if pod.created_at is not None else now)
     return 1 if lived >= RESET_AFTER_SECONDS else pod.failures + 1

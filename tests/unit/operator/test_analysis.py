@@ -1,0 +1,142 @@
+"""Canary analysis and the transition table."""
+
+import pytest
+from kubeinfer.operator.analysis import RevisionCounters, judge_canary, parse_router_stats
+from kubeinfer.operator.api import AnalysisSpec
+from kubeinfer.operator.api.status import RolloutPhase
+from kubeinfer.operator.rollout import TRANSITIONS, Trigger, canary_pods
+
+SPEC = AnalysisSpec(min_requests=20, max_error_rate=0.02, max_latency_ratio=1.5, max_ttft_ratio=2)
+STABLE = RevisionCounters(1000, 1, 100.0, 40.0)
+
+
+@pytest.mark.parametrize(
+    ("canary", "baseline", "elapsed", "passed", "message"),
+    [
+        (
+            RevisionCounters(10, 0, 90, 30),
+            (0, 0),
+            True,
+            None,
+            "waiting for 20 canary requests (have 10)",
+        ),
+        (
+            RevisionCounters(110, 0, 90, 30),
+            (100, 0),
+            True,
+            None,
+            "waiting for 20 canary requests (have 10)",
+        ),
+        (
+            RevisionCounters(50, 5, 90, 30),
+            (0, 0),
+            False,
+            False,
+            "canary error rate 10.0% > 2.0% (5/50 requests)",
+        ),
+        (
+            RevisionCounters(150, 6, 90, 30),
+            (100, 5),
+            True,
+            True,
+            "error rate 2.0% over 50 requests, p99 latency 90 ms",
+        ),
+        (RevisionCounters(50, 0, 90, 30), (0, 0), False, None, "waiting for the step interval"),
+        (
+            RevisionCounters(50, 0, 200, 30),
+            (0, 0),
+            True,
+            False,
+            "canary p99 latency 200 ms is 2.0x stable's 100 ms (max 1.5x)",
+        ),
+        (
+            RevisionCounters(50, 0, 100, 100),
+            (0, 0),
+            True,
+            False,
+            "canary p99 TTFT 100 ms is 2.5x stable's 40 ms (max 2x)",
+        ),
+        # A restarted router starts counting from 0: judged on what it has.
+        (
+            RevisionCounters(30, 0, 90, 30),
+            (500, 2),
+            True,
+            True,
+            "error rate 0.0% over 30 requests, p99 latency 90 ms",
+        ),
+    ],
+)
+def test_judge_canary(
+    canary: RevisionCounters,
+    baseline: tuple[int, int],
+    elapsed: bool,
+    passed: bool | None,
+    message: str,
+) -> None:
+    verdict = judge_canary(
+        analysis=SPEC,
+        canary=canary,
+        canary_baseline=baseline,
+        stable=STABLE,
+        interval_elapsed=elapsed,
+    )
+    assert (verdict.passed, verdict.message) == (passed, message)
+
+
+def test_small_latencies_are_not_judged_as_ratios_of_noise() -> None:
+    verdict = judge_canary(
+        analysis=SPEC,
+        canary=RevisionCounters(50, 0, 20.0, 5.0),
+        canary_baseline=(0, 0),
+        stable=RevisionCounters(500, 0, 4.0, 2.0),
+        interval_elapsed=True,
+    )
+    assert verdict.passed is True
+
+
+def test_stats_of_several_routers_add_up() -> None:
+    doc = {
+        "revisions": {
+            "a": {"requests": 10, "errors": 1, "window": {"p99LatencyMs": 30.0, "p99TtftMs": 5.0}}
+        },
+        "backends": [{"name": "pod-1", "inFlight": 2}],
+    }
+    other = {
+        "revisions": {
+            "a": {"requests": 5, "errors": 0, "window": {"p99LatencyMs": 50.0, "p99TtftMs": None}}
+        },
+        "backends": [{"name": "pod-1", "inFlight": 1}, {"name": "pod-2", "inFlight": 0}],
+    }
+    stats = parse_router_stats([doc, other])
+    assert stats.routers == 2
+    assert stats.revision("a") == RevisionCounters(15, 1, 50.0, 5.0)
+    assert stats.in_flight == {"pod-1": 3, "pod-2": 0}
+    assert stats.revision("missing") == RevisionCounters()
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "pods"),
+    [
+        (4, 10, 1),
+        (4, 25, 1),
+        (4, 50, 2),
+        (4, 100, 4),
+        (8, 10, 1),
+        (8, 30, 3),
+        (1, 10, 1),
+        (0, 50, 0),
+    ],
+)
+def test_canary_pods_are_whole_gpus(replicas: int, weight: int, pods: int) -> None:
+    assert canary_pods(replicas, weight) == pods
+
+
+def test_every_phase_has_a_way_out() -> None:
+    sources = {before for before, _ in TRANSITIONS}
+    assert set(RolloutPhase) <= sources | {RolloutPhase.IDLE}
+    reachable = {after for after in TRANSITIONS.values()}
+    assert set(RolloutPhase) == reachable
+    for (before, trigger), after in TRANSITIONS.items():
+        assert isinstance(trigger, Trigger)
+        if trigger is Trigger.NEW_REVISION:
+            assert after is RolloutPhase.PROGRESSING, before
