@@ -38,7 +38,12 @@ typecheck: install
 crds: install
 	$(BIN)/kubeinfer crds --out crds/
 
-pytest: install
+# The Go binaries of the local cluster (cached outside the repo; the first
+# build takes many minutes, later ones seconds).
+cluster-build: install
+	$(BIN)/kubeinfer cluster build
+
+pytest: install cluster-build
 	$(BIN)/pytest -q -ra
 
 test: lint typecheck pytest
