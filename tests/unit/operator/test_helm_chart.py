@@ -1,0 +1,332 @@
+"""The Helm chart, rendered by the real `helm` (built from Go modules by the local cluster).
+
+Every rendered object is validated against the Kubernetes 1.36 OpenAPI
+schema; the ClusterRole must grant exactly ``operator_rules()`` and the
+chart's CRD must be the generated one. helm is never skipped: if it can't
+be built, the tests fail and say why.
+"""
+
+import json
+import logging
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubeinfer.localcluster.build import HELM, BuildError, ensure_target
+from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.crdgen import build_crd, render_crd
+from kubeinfer.operator.docgen import render_cluster_role
+from kubeinfer.operator.rbac import operator_rules
+
+Validate = Callable[[dict[str, Any]], None]
+Render = Callable[..., list[dict[str, Any]]]
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "helm" / "kubeinfer"
+CHART_CRD = CHART / "crds" / "kubeinfer.io_inferenceservices.yaml"
+CHART_RULES = CHART / "files" / "operator-clusterrole.yaml"
+NAMESPACE = "kubeinfer-system"
+# helm's built-in default is old unless set at link time; pin what we validate against.
+KUBE_VERSION = "1.36.0"
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    try:
+        folder = ensure_target(HELM, log.info)
+    except BuildError as error:
+        pytest.fail(f"cannot build helm from tests/localcluster/go/helm: {error}")
+    return folder / "helm"
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture
+def render(helm: Path, tmp_path: Path) -> Render:
+    """``render(values, *flags)``: the objects `helm template` prints."""
+
+    def _render(values: dict[str, Any] | None = None, *flags: str) -> list[dict[str, Any]]:
+        values_file = tmp_path / "values.json"
+        values_file.write_text(json.dumps(values or {}))
+        result = run_helm(
+            helm, "template", "kubeinfer", str(CHART), "--namespace", NAMESPACE,
+            "--kube-version", KUBE_VERSION, "--values", str(values_file), *flags,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+    return _render
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[o['kind'] for o in objects]}"
+    return found[0]
+
+
+def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [ctr["name"] for ctr in containers] == ["operator"]
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+class TestGeneratedFiles:
+    """What the chart ships is generated; these fail when a copy drifts."""
+
+    def test_chart_crd_matches_the_generator(self) -> None:
+        assert CHART_CRD.read_text() == render_crd(), (
+            "helm/kubeinfer/crds/ is out of date: run "
+            "`kubeinfer crds --out helm/kubeinfer/crds/` and commit the result"
+        )
+
+    def test_chart_rules_match_rbac_py(self) -> None:
+        assert CHART_RULES.read_text() == render_cluster_role(), (
+            "helm/kubeinfer/files/operator-clusterrole.yaml is out of date: run "
+            "`kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml` and commit it"
+        )
+
+    def test_chart_and_app_versions_match_the_images(self) -> None:
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+        assert chart["apiVersion"] == "v2"
+        assert chart["version"] == "0.1.0"
+        assert chart["appVersion"] == c.DEFAULT_IMAGE_TAG
+
+
+class TestHelm:
+    def test_lint_is_clean(self, helm: Path) -> None:
+        result = run_helm(helm, "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_values_schema_rejects_a_typo(self, helm: Path) -> None:
+        result = run_helm(
+            helm, "template", "kubeinfer", str(CHART), "--kube-version", KUBE_VERSION,
+            "--set", "operator.replica=2",
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "additional properties 'replica' not allowed" in result.stderr
+
+    def test_service_monitor_needs_the_metrics_service(self, render: Render, helm: Path) -> None:
+        result = run_helm(
+            helm, "template", "kubeinfer", str(CHART), "--kube-version", KUBE_VERSION,
+            "--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true",
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "metrics.serviceMonitor.enabled needs metrics.enabled" in result.stderr
+
+
+# Values the chart must render into valid objects, each with what to expect.
+CASES: list[tuple[str, dict[str, Any], set[str]]] = [
+    (
+        "defaults",
+        {},
+        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"},
+    ),
+    (
+        "everything on",
+        {
+            "operator": {
+                "watchNamespaces": ["team-a", "team-b"],
+                "extraArgs": ["--verbose"],
+                "extraEnv": [{"name": "KOPF_LOG", "value": "debug"}],
+            },
+            "imagePullSecrets": [{"name": "ghcr"}],
+            "serviceAccount": {"annotations": {"example.com/role": "x"}},
+            "podAnnotations": {"example.com/a": "b"},
+            "podLabels": {"team": "ml"},
+            "priorityClassName": "system-cluster-critical",
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+        },
+        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"},
+    ),
+    (
+        "bring your own service account and RBAC",
+        {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
+        {"Service", "Deployment"},
+    ),
+    (
+        "no metrics service",
+        {"metrics": {"enabled": False}},
+        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"},
+    ),
+]
+
+
+class TestRenderedObjects:
+    @pytest.mark.parametrize(
+        ("values", "kinds"), [(v, k) for _, v, k in CASES], ids=[n for n, _, _ in CASES]
+    )
+    def test_valid_kubernetes_objects(
+        self, render: Render, valid_manifest: Validate, values: dict[str, Any], kinds: set[str]
+    ) -> None:
+        objects = render(values)
+        assert sorted(obj["kind"] for obj in objects) == sorted(kinds)
+        for obj in objects:
+            valid_manifest(obj)
+            if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+                assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
+
+    def test_crds_render_with_include_crds(self, render: Render, valid_manifest: Validate) -> None:
+        crd = one(render({}, "--include-crds"), "CustomResourceDefinition")
+        valid_manifest(crd)
+        assert crd == build_crd()
+
+
+class TestRBAC:
+    def test_cluster_role_grants_exactly_rbac_py(self, render: Render) -> None:
+        assert one(render(), "ClusterRole")["rules"] == operator_rules()
+
+    def test_binding_grants_it_to_the_operator_service_account(self, render: Render) -> None:
+        objects = render()
+        binding = one(objects, "ClusterRoleBinding")
+        assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+        account = one(objects, "ServiceAccount")["metadata"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+        ]
+        pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account["name"]
+
+    def test_existing_service_account_is_used(self, render: Render) -> None:
+        objects = render({"serviceAccount": {"create": False, "name": "ops"}})
+        assert "ServiceAccount" not in {obj["kind"] for obj in objects}
+        assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+        assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+
+
+class TestDeployment:
+    def test_one_operator_at_a_time(self, render: Render) -> None:
+        spec = one(render(), "Deployment")["spec"]
+        assert spec["replicas"] == 1
+        assert spec["strategy"] == {"type": "Recreate"}
+
+    def test_pod_security_is_restricted(self, render: Render) -> None:
+        objects = render()
+        pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+        ctr = operator_container(objects)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = ctr["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True
+        assert "privileged" not in sc
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys()
+        # A read-only root needs a writable /tmp, and nothing from the host.
+        assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+        assert ctr["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+
+    def test_probes_use_healthz_on_the_health_port(self, render: Render) -> None:
+        ctr = operator_container(render({"operator": {"healthPort": 9000}}))
+        assert ctr["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert "--health-port=9000" in ctr["args"]
+
+    @pytest.mark.parametrize(
+        ("values", "expected"),
+        [
+            ({}, ["--all-namespaces"]),
+            (
+                {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
+                ["--namespace=team-a", "--namespace=team-b"],
+            ),
+        ],
+        ids=["all namespaces", "listed namespaces"],
+    )
+    def test_watched_namespaces(
+        self, render: Render, values: dict[str, Any], expected: list[str]
+    ) -> None:
+        args = operator_container(render(values))["args"]
+        scope = [a for a in args if a == "--all-namespaces" or a.startswith("--namespace=")]
+        assert scope == expected
+
+    def test_default_images_are_the_released_ones(self, render: Render) -> None:
+        ctr = operator_container(render())
+        tag = c.DEFAULT_IMAGE_TAG
+        assert ctr["image"] == f"{c.IMAGE_REPOSITORY_OPERATOR}:{tag}"
+        assert ctr["command"] == ["kubeinfer-operator"]
+        assert ctr["args"][1:] == [
+            f"--worker-image={c.IMAGE_REPOSITORY_WORKER}:{tag}",
+            f"--router-image={c.IMAGE_REPOSITORY_ROUTER}:{tag}",
+            "--resync-seconds=2",
+            "--health-port=8080",
+        ]
+
+    def test_images_and_flags_from_values(self, render: Render) -> None:
+        ctr = operator_container(
+            render(
+                {
+                    "operator": {
+                        "image": {
+                            "repository": "reg.local/op",
+                            "tag": "dev",
+                            "pullPolicy": "Always",
+                        },
+                        "resyncSeconds": 5,
+                        "extraArgs": ["--verbose"],
+                    },
+                    "worker": {"image": {"repository": "reg.local/worker", "tag": "w1"}},
+                    "router": {"image": {"repository": "reg.local/router", "tag": "r1"}},
+                }
+            )
+        )
+        assert (ctr["image"], ctr["imagePullPolicy"]) == ("reg.local/op:dev", "Always")
+        assert "--worker-image=reg.local/worker:w1" in ctr["args"]
+        assert "--router-image=reg.local/router:r1" in ctr["args"]
+        assert "--resync-seconds=5" in ctr["args"]
+        assert ctr["args"][-1] == "--verbose"
+
+
+class TestMetrics:
+    def test_service_selects_the_operator_pod(self, render: Render) -> None:
+        objects = render()
+        service = one(objects, "Service")
+        labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert service["spec"]["ports"] == [
+            {"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+        ]
+
+    def test_service_monitor_is_off_by_default(self, render: Render) -> None:
+        assert "ServiceMonitor" not in {obj["kind"] for obj in render()}
+
+    def test_service_monitor_scrapes_the_metrics_service(self, render: Render) -> None:
+        objects = render(
+            {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}}
+        )
+        monitor = one(objects, "ServiceMonitor")
+        service = one(objects, "Service")
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+            service["metadata"]["labels"].items()
+        )
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        ]
