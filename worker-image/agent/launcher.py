@@ -1,0 +1,197 @@
+"""The engine's command line: vLLM's own server, or the simulated engine.
+
+Pure functions: a ModelSpec in, an argv out. The only thing the agent does
+with vLLM is start it with these flags, probe it and stop it.
+"""
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kubeinfer.operator.api import Dtype, ModelSpec, SimulatorSpec
+
+
+class LaunchError(ValueError):
+    """The model spec cannot be turned into a working engine command line."""
+
+
+# Flags the worker sets itself: the operator, the router and the probes
+# rely on them, so extraArgs may not move them.
+MANAGED_FLAGS = frozenset(
+    {"--host", "--port", "--served-model-name", "--model", "--uds", "--root-path"}
+)
+# One worker pod has exactly one GPU.
+MULTI_GPU_FLAGS = frozenset(
+    {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size"}
+)
+# Secrets come from Secrets (HF_TOKEN), never from the spec.
+SECRET_FLAGS = frozenset({"--api-key", "--hf-token"})
+# Flags that engineArgs fields own when they are set.
+FIELD_FLAGS = {
+    "--max-model-len": "maxModelLen",
+    "--dtype": "dtype",
+    "--gpu-memory-utilization": "gpuMemoryUtilization",
+    "--max-num-seqs": "maxNumSeqs",
+    "--revision": "revision",
+}
+REMOTE_SCHEMES = ("s3://", "gs://")
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where vLLM loads the weights from."""
+
+    model: str  # what vLLM gets as its model argument
+    kind: str  # "hub", "local" or "remote" (object storage)
+
+
+def model_location(source: str) -> ModelLocation:
+    """Map a model source to vLLM's model argument.
+
+    pvc:// is resolved by the operator's pod builder (it mounts the claim
+    and passes the mount path), so the worker only ever sees a path.
+    """
+    if source.startswith("hf://"):
+        return ModelLocation(source.removeprefix("hf://"), "hub")
+    if source.startswith(REMOTE_SCHEMES):
+        return ModelLocation(source, "remote")
+    if source.startswith("pvc://"):
+        raise LaunchError(
+            f"model source {source}: pvc:// must be mounted by the operator, "
+            "which passes the mount path to the worker"
+        )
+    if source.startswith("/"):
+        return ModelLocation(source, "local")
+    return ModelLocation(source, "hub")
+
+
+def _flag_name(arg: str) -> str | None:
+    if not arg.startswith("-") or arg == "-" or _is_number(arg):
+        return None
+    name = arg.split("=", 1)[0]
+    # vLLM's parser accepts --max_model_len for --max-model-len.
+    return name[:2] + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_extra_args(model: ModelSpec) -> None:
+    """Reject extraArgs that would break the worker. Raises LaunchError."""
+    set_fields = {
+        "--max-model-len": model.engine_args.max_model_len is not None,
+        "--dtype": model.engine_args.dtype is not Dtype.AUTO,
+        "--gpu-memory-utilization": True,
+        "--max-num-seqs": model.engine_args.max_num_seqs is not None,
+        "--revision": model.revision is not None,
+    }
+    for arg in model.engine_args.extra_args:
+        flag = _flag_name(arg)
+        if flag is None:
+            continue
+        if flag in MANAGED_FLAGS:
+            raise LaunchError(f"engineArgs.extraArgs may not set {flag}: the worker sets it")
+        if flag in SECRET_FLAGS:
+            raise LaunchError(
+                f"engineArgs.extraArgs may not set {flag}: put secrets in a Secret "
+                "(model.secretRef), never in the spec"
+            )
+        if flag in MULTI_GPU_FLAGS:
+            raise LaunchError(
+                f"engineArgs.extraArgs may not set {flag}: a worker pod has exactly one GPU"
+            )
+        if flag in FIELD_FLAGS and set_fields[flag]:
+            field = FIELD_FLAGS[flag]
+            where = "model.revision" if field == "revision" else f"engineArgs.{field}"
+            raise LaunchError(f"engineArgs.extraArgs sets {flag}, which {where} already sets")
+
+
+def _has_flag(args: list[str], flag: str) -> bool:
+    return any(_flag_name(arg) == flag for arg in args)
+
+
+def build_vllm_command(model: ModelSpec, host: str, port: int) -> list[str]:
+    """`vllm serve` with the model spec's engine args. Raises LaunchError."""
+    check_extra_args(model)
+    location = model_location(model.source)
+    args = model.engine_args
+    command = [
+        "vllm",
+        "serve",
+        location.model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        model.name,
+    ]
+    if model.revision is not None and location.kind == "hub":
+        command += ["--revision", model.revision]
+    if args.max_model_len is not None:
+        command += ["--max-model-len", str(args.max_model_len)]
+    if args.dtype is not Dtype.AUTO:
+        command += ["--dtype", args.dtype.value]
+    command += ["--gpu-memory-utilization", f"{args.gpu_memory_utilization:g}"]
+    if args.max_num_seqs is not None:
+        command += ["--max-num-seqs", str(args.max_num_seqs)]
+    if location.kind == "remote" and not _has_flag(args.extra_args, "--load-format"):
+        # vLLM streams safetensors straight from object storage this way.
+        command += ["--load-format", "runai_streamer"]
+    command += list(args.extra_args)
+    return command
+
+
+def build_vllm_env(env: Mapping[str, str], model: ModelSpec) -> dict[str, str]:
+    """vLLM's environment: ours (HF_TOKEN included, from the Secret), plus defaults.
+
+    Nothing here is logged: HF_TOKEN must never reach a log line.
+    """
+    out = dict(env)
+    # A worker has no business phoning home, and many clusters can't.
+    out.setdefault("VLLM_NO_USAGE_STATS", "1")
+    out.setdefault("DO_NOT_TRACK", "1")
+    if model_location(model.source).kind == "local":
+        out.setdefault("HF_HUB_OFFLINE", "1")
+    return out
+
+
+def local_model_fault(model: ModelSpec) -> str | None:
+    """A local model path that does not exist: say so before vLLM spends a minute importing."""
+    location = model_location(model.source)
+    if location.kind == "local" and not os.path.exists(location.model):
+        return f"model not found: {location.model} does not exist (is the volume mounted?)"
+    return None
+
+
+def build_simulated_command(
+    model: ModelSpec, simulator: SimulatorSpec, host: str, port: int, control_fd: int | None
+) -> list[str]:
+    """The simulated engine as a child process, like vLLM.
+
+    `-P` keeps the working directory off sys.path: run from the repository
+    root, the `operator/` folder would shadow the standard library.
+    """
+    command = [
+        sys.executable,
+        "-P",
+        "-m",
+        "kubeinfer.worker.simulated",
+        "--model-spec",
+        model.model_dump_json(by_alias=True, exclude_none=True),
+        "--simulator-spec",
+        simulator.model_dump_json(by_alias=True, exclude_none=True),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if control_fd is not None:
+        command += ["--control-fd", str(control_fd)]
+    return command

@@ -1,0 +1,125 @@
+"""`kubeinfer-worker`: check the GPU, start the engine, watch it, drain, explain the exit.
+
+Exit status and the one-line reason in the termination log are described
+in kubeinfer.worker.failures.ExitCode and docs/worker.md.
+"""
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+from kubeinfer.operator.api import Engine
+from kubeinfer.operator.api.constants import DEFAULT_TERMINATION_LOG, ENV_TERMINATION_LOG
+from kubeinfer.worker.agent import Agent, Outcome
+from kubeinfer.worker.agenthttp import agent_app
+from kubeinfer.worker.config import ConfigError, WorkerConfig, parse_worker_args
+from kubeinfer.worker.failures import ExitCode, write_termination_message
+from kubeinfer.worker.gpuhealth import precheck_fault
+from kubeinfer.worker.launcher import (
+    LaunchError,
+    build_simulated_command,
+    build_vllm_command,
+    build_vllm_env,
+    local_model_fault,
+)
+from kubeinfer.worker.nvml import DeviceSelector, Gpu, GpuError, NvmlLibrary, select_device
+from kubeinfer.worker.process import agent_env
+from kubeinfer.worker.simnvml import SimulatedGpu
+
+log = logging.getLogger("kubeinfer.worker")
+
+# The simulated GPU's memory (GiB); 80 unless set, to try a model that
+# does not fit without a real GPU.
+ENV_SIM_GPU_MEMORY_GIB = "KUBEINFER_SIM_GPU_MEMORY_GIB"
+
+
+def _open_gpu(config: WorkerConfig, env: Mapping[str, str]) -> tuple[Gpu, SimulatedGpu | None]:
+    """The GPU behind the NVML adapter: real, or simulated for the simulated engine.
+
+    Raises GpuError (NoGpuError when there is none).
+    """
+    if config.engine is Engine.SIMULATED:
+        memory = float(env.get(ENV_SIM_GPU_MEMORY_GIB, "80"))
+        simulated = SimulatedGpu(memory_total_gib=memory, seed=f"{config.host}:{config.port}")
+        return Gpu.open(simulated, DeviceSelector()), simulated
+    import pynvml
+
+    library: NvmlLibrary = pynvml
+    return Gpu.open(library, select_device(env)), None
+
+
+def _engine_command(
+    config: WorkerConfig, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """Raises LaunchError."""
+    if config.engine is Engine.SIMULATED:
+        command = build_simulated_command(
+            config.model, config.simulator, config.host, config.port, control_fd=None
+        )
+        return command, agent_env(env)
+    command = build_vllm_command(config.model, config.host, config.port)
+    return command, agent_env(build_vllm_env(env, config.model))
+
+
+def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:
+    """Everything after argument parsing; returns how the worker ends."""
+    try:
+        command, engine_env = _engine_command(config, env)
+    except LaunchError as error:
+        return Outcome(ExitCode.USAGE, f"invalid model spec: {error}")
+    missing = local_model_fault(config.model) if config.engine is Engine.VLLM else None
+    if missing is not None:
+        return Outcome(ExitCode.STARTUP, missing)
+    try:
+        gpu, simulated = _open_gpu(config, env)
+        baseline = gpu.snapshot(time.time())
+    except GpuError as error:
+        return Outcome(ExitCode.STARTUP, str(error))
+    log.info(
+        "GPU %s %s: %.1f of %.1f GiB free",
+        baseline.name,
+        baseline.uuid,
+        baseline.memory_free_bytes / 1024**3,
+        baseline.memory_total_bytes / 1024**3,
+    )
+    fault = precheck_fault(baseline, config.model)
+    if fault is not None:
+        gpu.close()
+        return Outcome(ExitCode.STARTUP, fault)
+    agent = Agent(config, gpu, baseline, command, engine_env, simulated)
+    try:
+        return asyncio.run(agent.run(agent_app(agent)))
+    finally:
+        gpu.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    env = dict(os.environ)
+    try:
+        config = parse_worker_args(sys.argv[1:] if argv is None else argv, env)
+    except ConfigError as error:
+        reason = f"invalid arguments: {error}"
+        log.error("%s", reason)
+        path = env.get(ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG
+        write_termination_message(path, reason)
+        return ExitCode.USAGE
+    try:
+        outcome = run_worker(config, env)
+    except Exception as error:  # the last line of defence: say why before dying
+        log.exception("agent failed")
+        outcome = Outcome(ExitCode.INTERNAL, f"worker agent error: {error!r}")
+    if outcome.reason is not None:
+        if outcome.code is not ExitCode.OK:
+            log.error("exiting (%d): %s", outcome.code, outcome.reason)
+        else:
+            log.info("%s", outcome.reason)
+        write_termination_message(config.termination_log, outcome.reason)
+    return int(outcome.code)

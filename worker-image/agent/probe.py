@@ -1,0 +1,83 @@
+"""The agent's view of the engine over HTTP: /health and the load gauges.
+
+Works against vLLM and the simulated engine alike: both answer /health and
+export vllm:num_requests_running / vllm:num_requests_waiting.
+"""
+
+from dataclasses import dataclass
+
+import aiohttp
+
+RUNNING = b"vllm:num_requests_running"
+WAITING = b"vllm:num_requests_waiting"
+FINISHED = b"vllm:request_success_total"
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    running: int
+    waiting: int
+    finished: int
+
+    @property
+    def in_flight(self) -> int:
+        return self.running + self.waiting
+
+
+def _sample_value(line: bytes, name: bytes) -> float | None:
+    """The value of a sample line of metric `name` (any labels), else None."""
+    if not line.startswith(name):
+        return None
+    rest = line[len(name) :]
+    if not rest or rest[:1] not in (b"{", b" "):
+        return None  # another metric whose name starts the same
+    try:
+        return float(line.rsplit(b" ", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def parse_engine_load(text: bytes) -> EngineLoad:
+    """Sum the gauges over all label sets (engines, models) of a /metrics page."""
+    totals = {RUNNING: 0.0, WAITING: 0.0, FINISHED: 0.0}
+    for line in text.split(b"\n"):
+        if not line.startswith(b"vllm:"):
+            continue
+        for name in totals:
+            value = _sample_value(line, name)
+            if value is not None:
+                totals[name] += value
+                break
+    return EngineLoad(int(totals[RUNNING]), int(totals[WAITING]), int(totals[FINISHED]))
+
+
+class EngineProbe:
+    """HTTP probes of one engine, on the agent's shared client session."""
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, port: int):
+        bracketed = f"[{host}]" if ":" in host else host
+        self.base = f"http://{bracketed}:{port}"
+        self._session = session
+
+    async def healthy(self, timeout_s: float = 2.0) -> bool:
+        """True when /health answers 200; False when it refuses, fails or times out."""
+        try:
+            async with self._session.get(
+                self.base + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def load(self, timeout_s: float = 2.0) -> EngineLoad | None:
+        """Running, waiting and finished requests; None when /metrics does not answer."""
+        try:
+            async with self._session.get(
+                self.base + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                if response.status != 200:
+                    return None
+                return parse_engine_load(await response.read())
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None

@@ -1,0 +1,5 @@
+import sys
+
+from kubeinfer.worker.simulated.main import main
+
+sys.exit(main())
