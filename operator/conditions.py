@@ -14,6 +14,7 @@ from kubeinfer.operator.api.status import (
     Phase,
     RolloutPhase,
 )
+from kubeinfer.operator.builders.worker import startup_budget_seconds
 from kubeinfer.operator.observe import PodInfo, format_time
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -50,7 +51,9 @@ def set_condition(
         else old.last_transition_time,
         observed_generation=generation,
     )
-    return [c for c in conditions if c.type != kind.value] + [new]
+    if old is None:
+        return [*conditions, new]
+    return [new if c.type == kind.value else c for c in conditions]
 
 
 def condition(status: InferenceServiceStatus, kind: ConditionType) -> Condition | None:
@@ -95,8 +98,16 @@ def summarise(
         put(ConditionType.READY, F, "WorkersNotReady", f"{len(serving)}/{n} workers ready")
 
     phase = status.rollout.phase
+    budget = startup_budget_seconds(spec)
+    starting = [
+        p
+        for p in live
+        if not p.ready and p.name not in failed and now - (p.created_at or now) < budget
+    ]
     if phase in _ROLLING:
         put(ConditionType.PROGRESSING, T, phase.value, status.rollout.message)
+    elif starting:
+        put(ConditionType.PROGRESSING, T, "Starting", f"{len(starting)} worker pods starting")
     elif plan_busy or len(live) != n:
         put(ConditionType.PROGRESSING, T, "Scaling", f"{len(live)} worker pods, want {n}")
     else:
@@ -119,7 +130,7 @@ def summarise(
             "ReplacingFailedPods",
             f"{len(failed)} failed: {name}: {reason}",
         )
-    elif len(serving) < n and phase not in _ROLLING and not plan_busy:
+    elif len(serving) < n and phase not in _ROLLING and not plan_busy and not starting:
         put(ConditionType.DEGRADED, T, "WorkersNotReady", f"{len(serving)}/{n} workers ready")
     else:
         put(ConditionType.DEGRADED, F, "AsExpected", "")

@@ -141,7 +141,13 @@ class ReplicaStatus(ApiModel):
 
 
 class InferenceServiceStatus(ApiModel):
-    """What the operator observed and decided."""
+    """What the operator observed and decided.
+
+    Read leniently (unknown keys are ignored): only the operator writes
+    status, and an older or newer operator may know other fields.
+    """
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
 
     observed_generation: Annotated[
         int | None, Field(description="metadata.generation last reconciled.")

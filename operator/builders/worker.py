@@ -181,13 +181,16 @@ def build_worker_pod(
     replica: int,
     images: Images,
     replaces: str | None = None,
+    failures: int = 0,
     avoid_nodes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The Pod for replica ``replica`` of revision ``revision``.
 
     ``replaces`` names the failed pod this one replaces (it only changes the
-    name); ``avoid_nodes`` keeps the pod off nodes where it failed before,
-    as a preference so that a small cluster can still place it.
+    name); ``failures`` counts the failures of the replica so far (the
+    operator's replacement backoff reads it back); ``avoid_nodes`` keeps the
+    pod off nodes where it failed before, as a preference so that a small
+    cluster can still place it.
     """
     labels = component_labels(meta.name, c.COMPONENT_WORKER) | {
         c.LABEL_REVISION: revision,
@@ -281,6 +284,8 @@ def build_worker_pod(
     annotations = {}
     if replaces:
         annotations[f"{c.GROUP}/replaces"] = replaces
+    if failures:
+        annotations[f"{c.GROUP}/failures"] = str(failures)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

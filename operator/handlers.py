@@ -1,0 +1,119 @@
+"""Every kopf decorator of the operator, and nothing else.
+
+Level-based: one daemon per InferenceService runs the reconcile loop (the
+only writer for that object, so no locks), and watch events only wake it
+up early. Pods and nodes are kept in kopf indexes as small parsed records,
+so a reconcile reads no lists from the API server.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.kube import KubeClient
+from kubeinfer.operator.observe import NodeInfo, PodInfo, observe_node, observe_pod
+from kubeinfer.operator.plan import Event
+from kubeinfer.operator.reconciler import OperatorContext, reconcile
+from kubernetes_asyncio.client.exceptions import ApiException
+
+logger = logging.getLogger(__name__)
+ERROR_BACKOFF_SECONDS = 2.0
+Key = tuple[str, str]
+
+
+def _wakeup(memo: Any, key: Key) -> asyncio.Event:
+    wakeups: dict[Key, asyncio.Event] = memo.setdefault("wakeups", {})
+    return wakeups.setdefault(key, asyncio.Event())
+
+
+@kopf.on.startup()
+async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    settings.peering.standalone = True
+    # Handler progress in annotations under our own prefix; status is ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    options = memo["options"]
+    memo["ctx"] = OperatorContext(
+        kube=await KubeClient.connect(),
+        http=aiohttp.ClientSession(),
+        images=options.images,
+        resync_seconds=options.resync_seconds,
+    )
+
+
+@kopf.on.cleanup()
+async def on_operator_cleanup(*, memo: Any, **_: Any) -> None:
+    ctx: OperatorContext = memo["ctx"]
+    await ctx.http.close()
+    await ctx.kube.close()
+
+
+@kopf.index("pods", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SERVICE: kopf.PRESENT})
+def pods_by_service(
+    *, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, PodInfo]:
+    return {(namespace or "", labels[c.LABEL_SERVICE]): observe_pod(dict(body))}
+
+
+@kopf.index("nodes")
+def nodes_by_name(*, name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
+    return {name: observe_node(dict(body))}
+
+
+@kopf.on.event(
+    "pods",
+    labels={c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SERVICE: kopf.PRESENT},
+    id="wake-on-pod",
+)
+def on_pod_event(*, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    _wakeup(memo, (namespace or "", labels[c.LABEL_SERVICE])).set()
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="wake-on-change")
+def on_inference_service_event(*, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    _wakeup(memo, (namespace or "", name)).set()
+
+
+@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, id="reconcile", cancellation_timeout=10)
+async def reconcile_inference_service(
+    *,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
+) -> None:
+    ctx: OperatorContext = memo["ctx"]
+    # kopf passes every index as a keyword argument named after its function.
+    pods_by_service: kopf.Index[Key, PodInfo] = kwargs["pods_by_service"]
+    nodes_by_name: kopf.Index[str, NodeInfo] = kwargs["nodes_by_name"]
+    key = (namespace or "", name)
+    wake = _wakeup(memo, key)
+
+    def emit(_: dict[str, Any], event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    while not stopped:
+        wake.clear()
+        nodes = {n: info for n, store in nodes_by_name.items() for info in store}
+        pods = list(pods_by_service.get(key, []))
+        try:
+            delay = await reconcile(ctx, dict(body), pods=pods, nodes=nodes, emit=emit)
+        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            # The API server or a router hiccuped; the next pass starts
+            # from what is observed then, so nothing is lost by retrying.
+            logger.warning("%s/%s: reconcile failed, retrying: %s", namespace, name, error)
+            delay = ERROR_BACKOFF_SECONDS
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=delay)

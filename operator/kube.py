@@ -1,0 +1,143 @@
+"""The operator's Kubernetes API edge: a few verbs over plain dicts.
+
+Builders produce plain dicts, so this client speaks plain dicts too (the
+generated model classes of kubernetes_asyncio would only be converted back
+and forth). It is the only module besides kopf's own machinery that talks
+to the API server.
+"""
+
+import json
+import os
+from typing import Any
+
+from kubeinfer.operator.api import constants as c
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+FIELD_MANAGER = "kubeinfer-operator"
+
+# kind -> (API path prefix, plural) for everything the operator writes.
+_PATHS = {
+    "Pod": ("/api/v1", "pods"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    c.KIND: (f"/apis/{c.API_VERSION}", c.PLURAL),
+}
+
+
+class NotFoundError(Exception):
+    """The object does not exist."""
+
+
+class ConflictError(Exception):
+    """The object already exists (create) or changed meanwhile."""
+
+
+def object_path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    prefix, plural = _PATHS[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    if name:
+        path += f"/{name}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+async def load_config() -> client.Configuration:
+    """In-cluster when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+class KubeClient:
+    """Create, apply, patch, delete and read objects as dicts."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+
+    @classmethod
+    async def connect(cls) -> "KubeClient":
+        return cls(client.ApiClient(configuration=await load_config()))
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            result = await self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                response_types_map={200: "object", 201: "object", 202: "object"},
+                _return_http_data_only=True,
+                _preload_content=False,
+            )
+            raw = await result.read()
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFoundError(path) from error
+            if error.status == 409:
+                raise ConflictError(path) from error
+            raise
+        parsed: dict[str, Any] = json.loads(raw) if raw else {}
+        return parsed
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return await self._call("GET", object_path(kind, namespace, name))
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Raises ConflictError when an object of that name exists."""
+        meta = obj["metadata"]
+        return await self._call("POST", object_path(obj["kind"], meta["namespace"]), body=obj)
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: we own the fields we set, nothing else."""
+        meta = obj["metadata"]
+        return await self._call(
+            "PATCH",
+            object_path(obj["kind"], meta["namespace"], meta["name"]),
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        )
+
+    async def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "PATCH",
+            object_path(kind, namespace, name, sub),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, kind: str, namespace: str, name: str, grace: int | None = None) -> None:
+        """Deleting what is already gone is fine."""
+        query = [("gracePeriodSeconds", str(grace))] if grace is not None else []
+        try:
+            await self._call("DELETE", object_path(kind, namespace, name), query=query)
+        except NotFoundError:
+            return

@@ -1,0 +1,255 @@
+"""One reconcile of one InferenceService: observe, plan (pure), act.
+
+The order of the actions is what keeps clients safe: the routing table is
+published before any pod is drained or deleted, so routers stop sending to
+a pod before it starts to go away.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.resource import InferenceService, format_validation_error
+from kubeinfer.operator.api.routing import ROUTES_CONFIGMAP_KEY, routes_configmap_name
+from kubeinfer.operator.api.status import (
+    ConditionStatus,
+    ConditionType,
+    InferenceServiceStatus,
+    Phase,
+    RolloutPhase,
+)
+from kubeinfer.operator.builders.common import Images
+from kubeinfer.operator.builders.revision import compute_revision, revision_template
+from kubeinfer.operator.builders.router import (
+    build_router_deployment,
+    build_router_role,
+    build_router_role_binding,
+    build_router_service,
+    build_router_service_account,
+    build_worker_network_policy,
+    router_endpoint,
+)
+from kubeinfer.operator.builders.routing import build_routes_configmap, build_routing_table
+from kubeinfer.operator.builders.worker import build_worker_pod
+from kubeinfer.operator.conditions import set_condition
+from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
+from kubeinfer.operator.observe import ANNOTATION_DRAINING, NodeInfo, PodInfo, format_time
+from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile
+from kubeinfer.operator.routerstats import fetch_router_stats
+from kubeinfer.operator.vram import GpuNode, vram_warnings
+from pydantic import ValidationError
+
+logger = logging.getLogger(__name__)
+EmitEvent = Callable[[dict[str, Any], Event], None]
+
+
+@dataclass
+class OperatorContext:
+    """What the operator shares between reconciles (kept in kopf's memo)."""
+
+    kube: KubeClient
+    http: aiohttp.ClientSession
+    images: Images
+    resync_seconds: float = 10.0
+    # Hashes of what was last applied per object, so a steady state costs
+    # no writes. Lost on restart: the first reconcile then re-applies
+    # (server-side apply makes that a no-op).
+    applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    generations: dict[tuple[str, str], int] = field(default_factory=dict)
+    tables: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _digest(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+async def _apply_once(ctx: OperatorContext, obj: dict[str, Any]) -> None:
+    meta = obj["metadata"]
+    key = (obj["kind"], meta["namespace"], meta["name"])
+    digest = _digest(obj)
+    if ctx.applied.get(key) == digest:
+        return
+    await ctx.kube.apply(obj)
+    ctx.applied[key] = digest
+
+
+async def _apply_router(ctx: OperatorContext, isvc: InferenceService) -> None:
+    meta, spec = isvc.metadata, isvc.spec
+    for obj in (
+        build_router_service_account(meta),
+        build_router_role(meta),
+        build_router_role_binding(meta),
+        build_router_service(meta),
+        build_worker_network_policy(meta),
+        build_router_deployment(meta, spec, images=ctx.images),
+    ):
+        await _apply_once(ctx, obj)
+
+
+async def _publish_table(ctx: OperatorContext, isvc: InferenceService, plan: Plan) -> None:
+    meta = isvc.metadata
+    key = (meta.namespace, meta.name)
+    if key not in ctx.generations:
+        try:
+            current = await ctx.kube.get(
+                "ConfigMap", meta.namespace, routes_configmap_name(meta.name)
+            )
+            doc = json.loads(current.get("data", {}).get(ROUTES_CONFIGMAP_KEY, "{}"))
+            ctx.generations[key] = int(doc.get("generation", 0))
+            ctx.tables[key] = _digest({k: v for k, v in doc.items() if k != "generation"})
+        except (NotFoundError, ValueError):
+            ctx.generations[key] = 0
+    table = build_routing_table(
+        meta,
+        isvc.spec,
+        targets=plan.targets,
+        revision_weights=plan.weights,
+        generation=ctx.generations[key],
+    )
+    content = _digest({k: v for k, v in table.to_dict().items() if k != "generation"})
+    if ctx.tables.get(key) == content:
+        return
+    table = table.model_copy(update={"generation": ctx.generations[key] + 1})
+    await ctx.kube.apply(build_routes_configmap(meta, table))
+    ctx.generations[key] = table.generation
+    ctx.tables[key] = content
+
+
+async def _act_on_pods(
+    ctx: OperatorContext, isvc: InferenceService, plan: Plan, now: float
+) -> None:
+    meta = isvc.metadata
+    for name in plan.drain:
+        patch = {"metadata": {"annotations": {ANNOTATION_DRAINING: format_time(now)}}}
+        try:
+            await ctx.kube.merge_patch("Pod", meta.namespace, name, patch)
+        except NotFoundError:
+            continue
+    for gone in plan.delete:
+        await ctx.kube.delete("Pod", meta.namespace, gone.name, grace=0 if gone.immediate else None)
+    for new in plan.create:
+        pod = build_worker_pod(
+            meta,
+            isvc.spec,
+            revision=new.revision,
+            replica=new.replica,
+            images=ctx.images,
+            replaces=new.replaces,
+            failures=new.failures,
+            avoid_nodes=new.avoid_nodes,
+        )
+        try:
+            await ctx.kube.create(pod)
+        except ConflictError:
+            # Created by an earlier reconcile whose watch event has not
+            # reached our index yet: the deterministic name makes it safe.
+            logger.debug("pod %s exists already", pod["metadata"]["name"])
+
+
+async def _write_status(
+    ctx: OperatorContext, isvc: InferenceService, status: InferenceServiceStatus
+) -> None:
+    new = status.model_dump(mode="json", by_alias=True)
+    old = isvc.status.model_dump(mode="json", by_alias=True)
+    if new == old:
+        return
+    meta = isvc.metadata
+    await ctx.kube.merge_patch(c.KIND, meta.namespace, meta.name, {"status": new}, sub="status")
+
+
+def _nodes_for_vram(nodes: dict[str, NodeInfo]) -> list[GpuNode]:
+    return [
+        GpuNode(n.name, n.gpu_product, n.gpu_memory_mib)
+        for n in nodes.values()
+        if n.gpu_product or n.gpu_memory_mib
+    ]
+
+
+async def reconcile(
+    ctx: OperatorContext,
+    body: dict[str, Any],
+    *,
+    pods: Iterable[PodInfo],
+    nodes: dict[str, NodeInfo],
+    emit: EmitEvent,
+) -> float:
+    """Reconcile one InferenceService; returns seconds until the next look."""
+    now = time.time()
+    try:
+        isvc = InferenceService.model_validate(body)
+    except ValidationError as error:
+        await _report_invalid(ctx, body, format_validation_error(error), emit, now)
+        return ctx.resync_seconds
+    service_pods = list(pods)
+    workers = [p for p in service_pods if p.component == c.COMPONENT_WORKER]
+    routers = [p for p in service_pods if p.component == c.COMPONENT_ROUTER]
+    router_ips = [p.ip for p in routers if p.ready and p.ip and not p.deleting]
+    draining = any(p.draining_since is not None for p in workers)
+    analysing = isvc.status.rollout.phase is RolloutPhase.ANALYSING
+    stats = await fetch_router_stats(ctx.http, router_ips) if (analysing or draining) else None
+    observed = Observed(
+        pods=workers,
+        nodes=nodes,
+        stats=stats,
+        routers_ready=len(router_ips),
+        now=now,
+        warnings=vram_warnings(isvc.spec, _nodes_for_vram(nodes)),
+    )
+    plan = plan_reconcile(
+        isvc,
+        revision=compute_revision(isvc.spec, ctx.images.worker),
+        template=revision_template(isvc.spec),
+        observed=observed,
+    )
+    plan.status.router_endpoint = router_endpoint(isvc.metadata)
+    await _apply_router(ctx, isvc)
+    await _publish_table(ctx, isvc, plan)
+    await _act_on_pods(ctx, isvc, plan, now)
+    await _write_status(ctx, isvc, plan.status)
+    for event in plan.events:
+        logger.info(
+            "%s/%s %s: %s", isvc.metadata.namespace, isvc.metadata.name, event.reason, event.message
+        )
+        emit(body, event)
+    if plan.clear_command:
+        patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: None}}}
+        await ctx.kube.merge_patch(c.KIND, isvc.metadata.namespace, isvc.metadata.name, patch)
+    return plan.requeue_seconds or ctx.resync_seconds
+
+
+async def _report_invalid(
+    ctx: OperatorContext, body: dict[str, Any], message: str, emit: EmitEvent, now: float
+) -> None:
+    """A spec the API server accepted but that can never work (rules only
+    the operator can check): say so in status and an event, once."""
+    meta = body.get("metadata") or {}
+    raw_status = body.get("status") or {}
+    try:
+        status = InferenceServiceStatus.model_validate(raw_status)
+    except ValidationError:
+        status = InferenceServiceStatus()
+    before = status.model_dump(mode="json", by_alias=True)
+    status.phase = Phase.FAILED
+    status.observed_generation = meta.get("generation")
+    status.conditions = set_condition(
+        status.conditions,
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        "InvalidSpec",
+        message,
+        now=now,
+        generation=meta.get("generation"),
+    )
+    after = status.model_dump(mode="json", by_alias=True)
+    if before == after:
+        return
+    await ctx.kube.merge_patch(
+        c.KIND, meta.get("namespace", ""), meta.get("name", ""), {"status": after}, sub="status"
+    )
+    emit(body, Event("Warning", "InvalidSpec", message))
