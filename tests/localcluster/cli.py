@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     root: Path = args.dir or default_cluster_dir()
     try:
         return _COMMANDS[args.command](args, root)
-    except (BuildError, StartupError, failures.NoCluster) as error:
+    except (BuildError, StartupError, failures.NoClusterError) as error:
         print(f"kubeinfer cluster {args.command}: {error}", file=sys.stderr)
         return 1
 
@@ -69,8 +69,8 @@ def _build(args: argparse.Namespace, root: Path) -> int:
 
 def _up(args: argparse.Namespace, root: Path) -> int:
     state = controlplane.up(root, topology_path=args.topology, progress=_progress)
-    print(f"cluster running; use it with: eval $(kubeinfer cluster env --dir {state.root})"
-          if args.dir else "cluster running; use it with: eval $(kubeinfer cluster env)")  # fmt: skip
+    env_command = "kubeinfer cluster env" + (f" --dir {state.root}" if args.dir else "")
+    print(f"cluster running; use it with: eval $({env_command})")
     return 0
 
 
@@ -83,7 +83,7 @@ def _down(args: argparse.Namespace, root: Path) -> int:
 def _load(root: Path) -> ClusterState:
     state = ClusterState.load(Layout(root).state_file)
     if state is None:
-        raise failures.NoCluster(f"no cluster is running in {root} (kubeinfer cluster up)")
+        raise failures.NoClusterError(f"no cluster is running in {root} (kubeinfer cluster up)")
     return state
 
 
@@ -95,8 +95,9 @@ def _status(args: argparse.Namespace, root: Path) -> int:
         alive = "up" if os.path.exists(f"/proc/{component.pid}") else "DOWN"
         print(f"  {component.name:<24} pid {component.pid:<8} {alive:<5} log {component.log}")
     if running:
-        subprocess.run([state.kubectl, "--kubeconfig", state.kubeconfig, "get", "nodes",
-                        "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count"], check=False)  # fmt: skip
+        labels = "nvidia.com/gpu.product,nvidia.com/gpu.count"
+        command = [state.kubectl, "--kubeconfig", state.kubeconfig, "get", "nodes", "-L", labels]
+        subprocess.run(command, check=False)
     return 0 if running else 1
 
 

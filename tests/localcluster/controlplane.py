@@ -8,10 +8,11 @@ reverse order and then sweeps any pod process the runtime left behind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from kubeinfer.localcluster import components as comp
 from kubeinfer.localcluster.build import Binaries, ensure_cluster_binaries
 from kubeinfer.localcluster.certs import ClusterPki, generate_pki
-from kubeinfer.localcluster.health import AdminApi, StartupError, http_ok, tail, wait_until
+from kubeinfer.localcluster.client import KubeClient, KubeError
+from kubeinfer.localcluster.health import StartupError, http_ok, tail, wait_until
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from kubeinfer.localcluster.kwok_stages import write_kwok_config
 from kubeinfer.localcluster.procs import pid_alive, signal_group, spawn, stop_group
@@ -108,14 +109,14 @@ def _component_kubeconfigs(layout: comp.Layout, pki: ClusterPki, server: str) ->
     return paths
 
 
-def _create_nodes(api: AdminApi, nodes: list[SimulatedNode], layout: comp.Layout) -> None:
+def _create_nodes(api: KubeClient, nodes: list[SimulatedNode], layout: comp.Layout) -> None:
     manifests = [build_node(node) for node in nodes]
     layout.nodes_manifest.write_text(yaml.safe_dump_all(manifests, sort_keys=False))
     for manifest in manifests:
-        api.post("/api/v1/nodes", manifest)
+        api.create("/api/v1/nodes", manifest)
 
 
-def _nodes_ready(api: AdminApi, names: set[str]) -> bool:
+def _nodes_ready(api: KubeClient, names: set[str]) -> bool:
     ready = set()
     for node in api.get("/api/v1/nodes")["items"]:
         conditions = node.get("status", {}).get("conditions") or []
@@ -124,12 +125,8 @@ def _nodes_ready(api: AdminApi, names: set[str]) -> bool:
     return names <= ready
 
 
-def _default_service_account_exists(api: AdminApi) -> bool:
-    try:
-        api.get("/api/v1/namespaces/default/serviceaccounts/default")
-    except OSError:
-        return False
-    return True
+def _default_service_account_exists(api: KubeClient) -> bool:
+    return api.exists("/api/v1/namespaces/default/serviceaccounts/default")
 
 
 def _runtime_argv(layout: comp.Layout) -> list[str]:
@@ -207,12 +204,12 @@ def _start_all(
     progress("etcd is up")
     starter.start("kube-apiserver", comp.apiserver_argv(binaries.kube_apiserver, pki, ports))
     kubeconfigs = _component_kubeconfigs(layout, pki, server)
-    api = AdminApi(server, pki)
+    api = KubeClient(server, pki, binaries.kubectl, layout.admin_kubeconfig)
 
     def apiserver_ready() -> bool:
         try:
             return bool(api.get("/readyz") == "ok")
-        except OSError:
+        except (KubeError, OSError):
             return False
 
     wait_until("kube-apiserver /readyz", apiserver_ready, _STARTUP_TIMEOUT, starter.check_alive)
@@ -300,10 +297,8 @@ def down(root: Path, *, progress: Progress = print) -> bool:
 
 def _reap(pid: int) -> None:
     # When this process started the component (tests), reap it so it is not a zombie.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def kill_all_groups(state: ClusterState) -> None:

@@ -73,12 +73,12 @@ DEFAULT_TOPOLOGY = Topology(
         NodeGroup(
             name="gpu-h100",
             count=2,
-            gpu=GpuSpec(product="NVIDIA-H100-80GB-HBM3", count=4, memoryMiB=81559),
+            gpu=GpuSpec(product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559),
         ),
         NodeGroup(
             name="gpu-a400",
             count=1,
-            gpu=GpuSpec(product="NVIDIA-RTX-A400", count=2, memoryMiB=4096),
+            gpu=GpuSpec(product="NVIDIA-RTX-A400", count=2, memory_mib=4096),
         ),
     ]
 )

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from kubeinfer.localcluster.runtime.container import Backoff
 from kubeinfer.localcluster.runtime.ipam import allocate
 from kubeinfer.localcluster.runtime.kubeapi import ApiError, Credentials, KubeApi
@@ -89,7 +88,9 @@ class Runtime:
             seen.add(item["metadata"]["uid"])
             handler("MODIFIED", item)
         # Objects deleted while we were not watching.
-        known = self.pods if kind == "Pod" else {n["metadata"]["uid"]: n for n in self.nodes.values()}
+        known = self.pods
+        if kind == "Node":
+            known = {n["metadata"]["uid"]: n for n in self.nodes.values()}
         for uid, obj in list(known.items()):
             if uid not in seen:
                 handler("DELETED", obj)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from kubeinfer.localcluster.procs import die_with_parent, signal_group
 from kubeinfer.localcluster.runtime import records
 from kubeinfer.localcluster.runtime.podspec import ConfigError, Container
@@ -125,12 +124,12 @@ class ContainerRunner:
 
     async def run(self) -> None:
         """Start, supervise and restart the process until stopped or finished."""
-        while not self._stopping:
+        while not self.stopping():
             await self.ctx.node_up.wait()
-            if self._stopping:
+            if self.stopping():
                 break
             exit_code = await self._run_once()
-            if exit_code is None or self._stopping:
+            if exit_code is None or self.stopping():
                 continue  # not prepared (retried after a back-off) or being stopped
             if not self._should_restart(exit_code):
                 self.finished = True
@@ -149,10 +148,15 @@ class ContainerRunner:
                     }
                 )
                 await self._pause(delay)
-            if self._stopping:
+            if self.stopping():
                 break
             self.restart_count += 1
             self.last_state = {"terminated": self._last_terminated}
+
+    def stopping(self) -> bool:
+        # A call, not an attribute, so type checkers re-read it after every
+        # await: stop() may have run meanwhile.
+        return self._stopping
 
     def _should_restart(self, exit_code: int) -> bool:
         policy = self.ctx.restart_policy

@@ -11,14 +11,14 @@ import ipaddress
 from collections.abc import Iterable
 
 
-class AddressesExhausted(Exception):
+class AddressesExhaustedError(Exception):
     """No free address is left in the node's pod CIDR."""
 
 
 def allocate(pod_cidr: str, in_use: Iterable[str]) -> str:
     """The highest free host address of pod_cidr (the first host is the node's own).
 
-    Raises AddressesExhausted when every address is taken.
+    Raises AddressesExhaustedError when every address is taken.
     """
     network = ipaddress.ip_network(pod_cidr)
     taken = set(in_use)
@@ -26,4 +26,4 @@ def allocate(pod_cidr: str, in_use: Iterable[str]) -> str:
     for address in reversed(hosts[1:]):
         if str(address) not in taken:
             return str(address)
-    raise AddressesExhausted(f"no free pod IP left in {pod_cidr}")
+    raise AddressesExhaustedError(f"no free pod IP left in {pod_cidr}")

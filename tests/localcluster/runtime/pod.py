@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from kubeinfer.localcluster.runtime import records
 from kubeinfer.localcluster.runtime.container import (
@@ -159,6 +158,9 @@ class PodRunner:
                 return
         await asyncio.gather(*(runner.run() for runner in self.containers))
 
+    def _path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/pods/{self.name}"
+
     async def _finish_deletion(self) -> None:
         body = {
             "apiVersion": "v1",
@@ -167,7 +169,7 @@ class PodRunner:
             "preconditions": {"uid": self.uid},
         }
         try:
-            await self.deps.api.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body)
+            await self.deps.api.delete(self._path(), body)
         except ApiError as error:
             if error.status not in (404, 409):
                 log.warning("deleting %s/%s: %s", self.namespace, self.name, error)
@@ -183,11 +185,17 @@ class PodRunner:
         env["KUBECONFIG"] = str(await self._pod_kubeconfig())
         argv = container_argv(container, declared)
         argv[0] = resolve_executable(argv[0], self.deps.bin_dir, env["PATH"])
-        working_dir = Path(container.get("workingDir") or self.dir / f"{container['name']}.cwd")
-        if not working_dir.is_dir():
-            working_dir = self.dir / f"{container['name']}.cwd"
-            working_dir.mkdir(exist_ok=True)
-        return Launch(argv=argv, env=env, cwd=working_dir)
+        return Launch(argv=argv, env=env, cwd=self._working_dir(container))
+
+    def _working_dir(self, container: Container) -> Path:
+        # The image's filesystem does not exist here: a workingDir that is not
+        # a real folder on this machine becomes a per-container scratch folder.
+        declared = container.get("workingDir")
+        if declared and Path(declared).is_dir():
+            return Path(declared)
+        scratch = self.dir / f"{container['name']}.cwd"
+        scratch.mkdir(exist_ok=True)
+        return scratch
 
     async def _pod_kubeconfig(self) -> Path:
         """A kubeconfig with a bound token of the pod's ServiceAccount (TokenRequest).
@@ -285,7 +293,7 @@ class PodRunner:
         status = self.build_status()
         if status == self._last_sent:
             return
-        path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status"
+        path = self._path() + "/status"
         try:
             await self.deps.api.patch(path, {"status": status})
         except ApiError as error:

@@ -34,7 +34,7 @@ _IMAGE_RE = re.compile(RUNTIME_IMAGE_PATTERN)
 
 
 class ConfigError(Exception):
-    """The pod's spec cannot be turned into a process (like kubelet's CreateContainerConfigError)."""
+    """The pod's spec cannot become a process (kubelet's CreateContainerConfigError)."""
 
 
 def image_repository(image: str) -> str | None:

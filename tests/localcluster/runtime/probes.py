@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-
 from kubeinfer.localcluster.runtime.podspec import Container, named_port
 
 

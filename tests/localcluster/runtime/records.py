@@ -55,9 +55,7 @@ def write_record(runtime_dir: Path, record: ProcessRecord) -> None:
 
 
 def remove_record(runtime_dir: Path, record: ProcessRecord) -> None:
-    record_path(runtime_dir, record.namespace, record.pod, record.container).unlink(
-        missing_ok=True
-    )
+    record_path(runtime_dir, record.namespace, record.pod, record.container).unlink(missing_ok=True)
 
 
 def read_records(runtime_dir: Path) -> list[ProcessRecord]:

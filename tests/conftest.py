@@ -1,0 +1,1 @@
+pytest_plugins = ["kubeinfer.localcluster.pytest_plugin"]
