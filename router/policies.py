@@ -1,0 +1,229 @@
+"""Balancing policies: pure decisions over plain data.
+
+Every policy answers one question, ``choose(candidates, key)``: which of
+these backends (all healthy, not draining, with a free slot; never empty)
+gets the next request? They hold only their own bookkeeping (a counter,
+smooth-weighted-round-robin credits, a hash ring), never the network, so
+they are tested with stand-in backends and exact expected sequences.
+
+Canary traffic is split *before* a policy runs: `RevisionSplitter` picks
+the revision, then that revision's policy picks the backend.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeVar
+
+from kubeinfer.operator.api.spec import Strategy
+
+
+class Candidate(Protocol):
+    """What a policy may look at; `BackendState` and test stand-ins both fit."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def queue_depth(self) -> int | None: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+class Policy(Protocol):
+    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+        """Pick one of ``candidates`` (never empty). ``key`` is an affinity hash or None."""
+        ...
+
+
+def stable_hash(data: bytes) -> int:
+    """A 64-bit hash that is the same in every process and every router replica.
+
+    Python's ``hash()`` is salted per process, which would send one session to
+    different workers depending on which router process took the request.
+    """
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class RoundRobin:
+    """Each candidate in turn."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+        i = self._next % len(candidates)
+        self._next = i + 1
+        return candidates[i]
+
+
+class LeastLoaded:
+    """Fewest requests in flight from this router; ties go to the shortest queue
+    the worker itself reports (``vllm:num_requests_waiting``, which also counts
+    other routers' requests), then rotate so equal backends share evenly."""
+
+    def __init__(self) -> None:
+        self._start = 0
+
+    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+        n = len(candidates)
+        start = self._start % n
+        self._start = start + 1
+        best = candidates[start]
+        best_load = best.in_flight
+        best_queue = best.queue_depth or 0
+        for i in range(1, n):
+            c = candidates[(start + i) % n]
+            load = c.in_flight
+            if load < best_load or (load == best_load and (c.queue_depth or 0) < best_queue):
+                best, best_load, best_queue = c, load, c.queue_depth or 0
+        return best
+
+
+class SmoothWeighted:
+    """nginx's smooth weighted round robin: exact over every window of
+    ``sum(weights)`` picks, and interleaved (5:1:1 gives a a b a c a a, not
+    a a a a a b c). Credits are kept by name so that a backend leaving and
+    coming back (ejection, slots) does not reset everyone else."""
+
+    def __init__(self) -> None:
+        self._credit: dict[str, int] = {}
+
+    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+        total = 0
+        best: C | None = None
+        best_credit = 0
+        credit = self._credit
+        for c in candidates:
+            w = c.weight
+            total += w
+            cur = credit.get(c.name, 0) + w
+            credit[c.name] = cur
+            if best is None or cur > best_credit:
+                best, best_credit = c, cur
+        assert best is not None
+        credit[best.name] = best_credit - total
+        if len(credit) > 4 * len(candidates) + 64:
+            # Names of backends long gone; forget them.
+            keep = {c.name for c in candidates}
+            self._credit = {k: v for k, v in credit.items() if k in keep}
+        return best
+
+
+class PrefixAffinity:
+    """Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam).
+
+    The same key (prompt prefix, ``user``, ``x-session-id``) goes to the same
+    backend, so its KV cache is reused; but no backend takes more than
+    ``load_factor`` times the average load: a hot key spills to the next
+    backend on the ring instead of creating a hot spot. Requests without a
+    key are balanced by least load.
+    """
+
+    VNODES = 64
+
+    def __init__(self, load_factor: float = 1.25) -> None:
+        self.load_factor = load_factor
+        self._points: list[int] = []
+        self._owners: list[str] = []
+        self._members: set[str] = set()
+        self._fallback = LeastLoaded()
+
+    def _ensure(self, candidates: Sequence[Candidate]) -> None:
+        missing = [c.name for c in candidates if c.name not in self._members]
+        if not missing:
+            return
+        if len(self._members) > 4 * len(candidates) + 64:
+            self._members = set()
+            missing = [c.name for c in candidates]
+        self._members.update(missing)
+        ring = sorted(
+            (stable_hash(f"{name}#{i}".encode()), name)
+            for name in self._members
+            for i in range(self.VNODES)
+        )
+        self._points = [p for p, _ in ring]
+        self._owners = [o for _, o in ring]
+
+    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+        if key is None or len(candidates) == 1:
+            return self._fallback.choose(candidates, key)
+        self._ensure(candidates)
+        by_name = {c.name: c for c in candidates}
+        total = sum(c.in_flight for c in candidates)
+        bound = math.ceil(self.load_factor * (total + 1) / len(candidates))
+        points, owners = self._points, self._owners
+        start = bisect.bisect_left(points, key)
+        size = len(points)
+        seen: set[str] = set()
+        for i in range(size):
+            owner = owners[(start + i) % size]
+            if owner in seen:
+                continue
+            seen.add(owner)
+            c = by_name.get(owner)
+            if c is not None and c.in_flight < bound:
+                return c
+            if len(seen) == len(self._members):
+                break
+        # Every candidate at the bound (can only happen with rounding): least loaded.
+        return self._fallback.choose(candidates, key)
+
+
+def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
+    if strategy is Strategy.ROUND_ROBIN:
+        return RoundRobin()
+    if strategy is Strategy.LEAST_LOADED:
+        return LeastLoaded()
+    if strategy is Strategy.WEIGHTED:
+        return SmoothWeighted()
+    if strategy is Strategy.PREFIX_AFFINITY:
+        return PrefixAffinity(load_factor)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+class RevisionSplitter:
+    """Splits traffic between revisions by percent (the canary weight).
+
+    Without a key it is smooth weighted round robin over the revisions, so
+    10 % means exactly 10 of every 100 requests. With a key (prefix
+    affinity) the key's hash picks the revision, so one session stays on one
+    revision while the split over many keys still matches the weights.
+    Only revisions passed in ``eligible`` (those with a healthy backend) take
+    part: a canary without healthy workers hands its share to the others.
+    """
+
+    def __init__(self) -> None:
+        self._credit: dict[str, int] = {}
+
+    def choose(self, weights: Mapping[str, int], eligible: Sequence[str], key: int | None) -> str:
+        if len(eligible) == 1:
+            return eligible[0]
+        if key is not None:
+            total = sum(weights.get(r, 0) for r in eligible)
+            point = key % total
+            for r in eligible:
+                point -= weights.get(r, 0)
+                if point < 0:
+                    return r
+            return eligible[-1]
+        total = 0
+        best = eligible[0]
+        best_credit: int | None = None
+        for r in eligible:
+            w = weights.get(r, 0)
+            total += w
+            cur = self._credit.get(r, 0) + w
+            self._credit[r] = cur
+            if best_credit is None or cur > best_credit:
+                best, best_credit = r, cur
+        assert best_credit is not None
+        self._credit[best] = best_credit - total
+        return best

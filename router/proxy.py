@@ -1,0 +1,250 @@
+"""One client request: pick a backend, attempt, retry while nothing was sent.
+
+Retries go to a backend not tried yet, only for failures that say nothing
+about the request itself (connect errors, lost connections, stalls, 502,
+503, 504, and vLLM's dead-engine 500), only while no response byte has
+reached the client, at most ``retries`` times and within the retry budget.
+Every failed attempt counts against its backend and revision even when a
+retry then succeeds: that is how the canary analysis sees a bad canary
+while clients see no error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from kubeinfer.operator.api.routing import RoutingTable
+from kubeinfer.operator.api.spec import Strategy
+from kubeinfer.router.errors import error_body
+from kubeinfer.router.payload import Inference, affinity_key
+from kubeinfer.router.pool import BackendState, NoBackendError, QueueFullError, QueueTimeoutError
+from kubeinfer.router.server import ClientConnection, Request
+from kubeinfer.router.upstream import Exchange, UpstreamError
+
+if TYPE_CHECKING:
+    from kubeinfer.router.app import Router
+
+# vLLM's answer once its engine core died; nothing reached the client, and
+# another worker can serve the request (fixtures/vllm-0.32.0/engine_dead*).
+ENGINE_DEAD_MARKER = b"EngineCore"
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Response headers that belong to the worker's hop.
+RESPONSE_SKIP = frozenset({
+    b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server",
+})
+JSON_HEADERS = b"content-type: application/json\r\n"
+# What the client gets when every attempt failed in transport.
+_TRANSPORT_STATUS = {"connect": 503, "reset": 502, "protocol": 502, "stall": 504}
+
+
+class Ctx:
+    """What happened to one client request (for the access log and metrics)."""
+
+    __slots__ = ("backend", "committed", "error", "queued", "retries", "status", "ttft")
+
+    def __init__(self) -> None:
+        self.backend: BackendState | None = None
+        self.committed = False
+        self.error: str | None = None
+        self.queued = 0.0
+        self.retries = 0
+        self.status = 0
+        self.ttft: float | None = None
+
+
+class Failure:
+    """A failed attempt and the answer the client gets if it is the last one."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(self, status: int, headers: bytes, body: bytes, reason: str) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.reason = reason
+
+    @classmethod
+    def transport(cls, err: UpstreamError, b: BackendState) -> Failure:
+        status = _TRANSPORT_STATUS.get(err.kind, 502)
+        return cls(status, JSON_HEADERS,
+                   error_body(status, f"Backend {b.name} failed: {err}"), err.kind)
+
+
+def response_headers(ex: Exchange, b: BackendState) -> bytes:
+    parts = [name + b": " + value + b"\r\n" for name, value in ex.headers
+             if name.lower() not in RESPONSE_SKIP]
+    parts.append(b.header_line)
+    return b"".join(parts)
+
+
+async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: Inference,
+                          table: RoutingTable) -> None:
+    pool = r.pool
+    key = None
+    if table.strategy is Strategy.PREFIX_AFFINITY:
+        key = affinity_key(inf, req.session_id, table.prefix_length)
+    r.budget.deposit()
+    ctx = Ctx()
+    deadline = asyncio.get_running_loop().call_later(table.request_timeout_seconds,
+                                                     conn.on_deadline)
+    tried: list[str] = []
+    failure: Failure | None = None
+    try:
+        while True:
+            b, full = pool.pick(key, tried)
+            if b is None and full:
+                if pool.queue_length >= pool.queue_size:
+                    _too_busy(conn, ctx, "All backends are busy and the wait queue is full.")
+                    return
+                waited = time.monotonic()
+                try:
+                    b = await pool.wait_for_slot(key, tried, table.queue_timeout_seconds)
+                except QueueFullError:
+                    _too_busy(conn, ctx, "All backends are busy and the wait queue is full.")
+                    return
+                except QueueTimeoutError:
+                    _too_busy(conn, ctx, f"All backends stayed busy for "
+                                         f"{table.queue_timeout_seconds:g}s.")
+                    return
+                except NoBackendError:
+                    b = None
+                finally:
+                    ctx.queued += time.monotonic() - waited
+            if b is None:
+                if failure is not None:
+                    _deliver(conn, ctx, failure)
+                else:
+                    ctx.status = 503
+                    ctx.error = "no healthy backend"
+                    conn.respond_error(503, f"No healthy backend for model {table.model!r}.",
+                                       headers=b"retry-after: 1\r\n")
+                return
+            failure = await _attempt(r, conn, req, inf, b, ctx, table)
+            if failure is None:
+                return
+            tried.append(b.name)
+            if ctx.retries >= table.retries:
+                _deliver(conn, ctx, failure)
+                return
+            if not r.budget.withdraw():
+                r.count("retriesDenied", failure.reason)
+                _deliver(conn, ctx, failure)
+                return
+            ctx.retries += 1
+            r.count("retries", failure.reason)
+    except asyncio.CancelledError:
+        if conn.timed_out and not conn.closed:
+            if ctx.committed:
+                conn.abort()
+            else:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                ctx.status = 504
+                ctx.error = "request timeout"
+                conn.respond_error(504, f"The request did not complete within "
+                                        f"{table.request_timeout_seconds:g}s.")
+                return
+        if not ctx.status:
+            ctx.status = 499  # client closed the connection (nginx's code)
+        raise
+    finally:
+        deadline.cancel()
+        r.finish(req, inf, ctx)
+
+
+def _too_busy(conn: ClientConnection, ctx: Ctx, message: str) -> None:
+    ctx.status = 429
+    ctx.error = "queue"
+    conn.respond_error(429, message, headers=b"retry-after: 1\r\n")
+
+
+def _deliver(conn: ClientConnection, ctx: Ctx, failure: Failure) -> None:
+    ctx.status = failure.status
+    ctx.error = failure.reason
+    conn.respond_raw(failure.status, failure.headers, failure.body)
+
+
+async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inference,
+                   b: BackendState, ctx: Ctx, table: RoutingTable) -> Failure | None:
+    """One try on ``b`` (whose slot is reserved). None when the client got its answer."""
+    ctx.backend = b
+    body = req.body
+    head = (b"POST " + b.base_path + req.target + b" HTTP/1.1\r\n" + b.host_line
+            + req.forward_headers + b"content-length: %d\r\n\r\n" % len(body))
+    t0 = time.monotonic()
+    ex: Exchange | None = None
+    try:
+        try:
+            ex = await b.conns.send(head, body, stream_mode=inf.stream,
+                                    connect_timeout=table.connect_timeout_seconds)
+            if inf.stream and ex.status == 200:
+                await _stream(r, conn, b, ex, ctx, t0)
+                return None
+            if inf.stream:
+                await ex.read_rest()
+        except UpstreamError as err:
+            r.attempt_done(b, err.kind, True, None, None)
+            return Failure.transport(err, b)
+        body = ex.body[0] if len(ex.body) == 1 else b"".join(ex.body)
+        status = ex.status
+        now = time.monotonic()
+        ttft = (ex.headers_at or now) - t0
+        retry: str | None = None
+        if status >= 500:
+            error = True
+            if status in RETRYABLE_STATUS:
+                retry = f"status-{status}"
+            elif status == 500 and ENGINE_DEAD_MARKER in body:
+                retry = "engine-dead"
+        elif ex.aborted_stream and status < 300:
+            error = True
+            retry = "abort"
+        else:
+            error = False
+        r.attempt_done(b, "abort" if retry == "abort" else str(status), error, now - t0, ttft)
+        headers = response_headers(ex, b)
+        if retry is not None:
+            return Failure(status, headers, body, retry)
+        ctx.status = status
+        ctx.ttft = ttft
+        conn.respond_raw(status, headers, body)
+        return None
+    except asyncio.CancelledError:
+        r.attempt_done(b, "timeout" if conn.timed_out else "cancelled", conn.timed_out,
+                       None, None)
+        raise
+    finally:
+        r.pool.release(b)
+        if ex is not None and not ex.complete:
+            ex.abandon()
+
+
+async def _stream(r: Router, conn: ClientConnection, b: BackendState, ex: Exchange, ctx: Ctx,
+                  t0: float) -> None:
+    """Pass an SSE stream through chunk by chunk; no retry once it started."""
+    ctx.committed = True
+    ctx.status = 200
+    writer = conn.start_stream(200, response_headers(ex, b))
+    conn.streaming = ex
+    if conn.write_paused:
+        ex.pause()
+    try:
+        await ex.stream(writer)
+    except UpstreamError as err:
+        first = ex.first_body_at
+        r.attempt_done(b, err.kind, True, None, (first - t0) if first else None)
+        ctx.error = f"stream broken: {err.kind}"
+        conn.abort()
+        return
+    finally:
+        conn.streaming = None
+    now = time.monotonic()
+    ttft = (ex.first_body_at or now) - t0
+    ctx.ttft = ttft
+    if ex.aborted_stream:
+        ctx.error = "finish_reason abort"
+    r.attempt_done(b, "abort" if ex.aborted_stream else "200", ex.aborted_stream, now - t0, ttft)
+    conn.end_stream()
