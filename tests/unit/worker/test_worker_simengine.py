@@ -1,0 +1,182 @@
+"""The simulated engine in-process: service-time model, queueing and faults.
+
+Its HTTP fidelity to vLLM is checked against a real process in
+tests/integration/worker/test_worker_fidelity.py.
+"""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import RawTestServer, TestClient
+from kubeinfer.operator.api import ModelSpec, SimulatorSpec
+from kubeinfer.worker.faults import EngineFaults
+from kubeinfer.worker.simulated.engine import SimulatedEngine
+from kubeinfer.worker.simulated.server import EngineServer
+from kubeinfer.worker.simulated.text import TokenSource
+
+DEADLINE_S = 5.0
+
+
+@dataclass
+class Sim:
+    engine: SimulatedEngine
+    client: TestClient[Any, Any]
+    crashes: list[str] = field(default_factory=list)
+    xids: list[int] = field(default_factory=list)
+
+    async def complete(self, prompt: str = "hi", **body: Any) -> tuple[int, dict[str, Any]]:
+        payload = {"model": "tiny", "prompt": prompt, "max_tokens": 4, **body}
+        async with self.client.post("/v1/completions", json=payload) as response:
+            return response.status, await response.json()
+
+    async def stream_events(self, **body: Any) -> list[bytes]:
+        payload = {"model": "tiny", "prompt": "hi", "max_tokens": 4, "stream": True, **body}
+        async with self.client.post("/v1/completions", json=payload) as response:
+            raw = await response.read()
+        return [event for event in raw.split(b"\n\n") if event]
+
+
+Make = Callable[..., Awaitable[Sim]]
+
+
+@pytest.fixture
+def make_sim(aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> Make:
+    async def make(seed: int = 0, max_model_len: int = 512, **simulator: Any) -> Sim:
+        model = ModelSpec.model_validate(
+            {"name": "tiny", "source": "org/tiny", "engineArgs": {"maxModelLen": max_model_len}}
+        )
+        spec = SimulatorSpec.model_validate({"ttftMs": 0, "tpotMs": 0, "seed": seed, **simulator})
+        crashes: list[str] = []
+        xids: list[int] = []
+        engine = SimulatedEngine(model, spec, on_crash=crashes.append, on_gpu_fault=xids.append)
+        server = EngineServer(engine, TokenSource(spec.seed))
+        client = await aiohttp_client(RawTestServer(server.handle))
+        return Sim(engine, client, crashes, xids)
+
+    return make
+
+
+async def until(predicate: Callable[[], bool], within_s: float = DEADLINE_S) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.005)
+
+
+async def test_same_seed_same_answer(make_sim: Make) -> None:
+    first, second, other = await make_sim(seed=7), await make_sim(seed=7), await make_sim(seed=8)
+    _, a = await first.complete("the same prompt", max_tokens=12)
+    _, b = await second.complete("the same prompt", max_tokens=12)
+    _, c = await other.complete("the same prompt", max_tokens=12)
+    assert a["choices"][0]["text"] == b["choices"][0]["text"] != c["choices"][0]["text"]
+    assert a["usage"]["completion_tokens"] == 12
+
+
+async def test_stream_and_non_stream_agree(make_sim: Make) -> None:
+    sim = await make_sim(seed=3)
+    _, body = await sim.complete("abc", max_tokens=6)
+    events = await sim.stream_events(prompt="abc", max_tokens=6)
+    assert events[-1] == b"data: [DONE]"
+    texts = [json.loads(event[6:])["choices"][0]["text"] for event in events[:-1]]
+    assert "".join(texts) == body["choices"][0]["text"]
+
+
+async def test_batch_slots_and_queue(make_sim: Make) -> None:
+    sim = await make_sim(maxNumSeqs=2, tpotMs=20)
+    requests = [asyncio.create_task(sim.complete(max_tokens=10)) for _ in range(5)]
+    await until(lambda: sim.engine.running == 2 and sim.engine.waiting == 3)
+    assert sim.engine.kv_usage() > 0
+    results = await asyncio.gather(*requests)
+    assert all(status == 200 for status, _ in results)
+    assert (sim.engine.running, sim.engine.waiting, sim.engine.kv_tokens) == (0, 0, 0)
+    metrics = sim.engine.metrics
+    # Three waves of ~0.18 s: the later requests queued.
+    assert metrics.queue_time.total > 0.2
+    assert metrics.finished["length"] == 5
+
+
+async def test_service_time(make_sim: Make) -> None:
+    sim = await make_sim(ttftMs=50, tpotMs=10, prefillUsPerToken=1000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # 40 characters = 10 prompt tokens: 50 ms + 10 x 1 ms prefill, then 9 x 10 ms decode.
+    status, _ = await sim.complete("x" * 40, max_tokens=10)
+    elapsed = loop.time() - started
+    assert status == 200
+    assert 0.14 <= elapsed < 1.0
+    assert sim.engine.metrics.ttft.total == pytest.approx(0.06, abs=0.03)
+
+
+async def test_error_rate(make_sim: Make) -> None:
+    sim = await make_sim(errorRate=1.0)
+    status, body = await sim.complete()
+    assert status == 500
+    assert body["error"]["type"] == "InternalServerError"
+    sim.engine.set_faults(EngineFaults())
+    assert (await sim.complete())[0] == 200
+
+
+async def test_hang_stops_tokens_until_released(make_sim: Make) -> None:
+    sim = await make_sim(tpotMs=5)
+    sim.engine.set_faults(EngineFaults(hang=True))
+    stream = asyncio.create_task(sim.stream_events(max_tokens=5))
+    await until(lambda: sim.engine.running == 1)
+    await asyncio.sleep(0.1)
+    assert not stream.done()
+    assert sim.engine.busy_seconds() == 0  # a hung GPU does no work
+    sim.engine.set_faults(EngineFaults())
+    events = await asyncio.wait_for(stream, DEADLINE_S)
+    assert len(events) == 6  # five tokens and [DONE]
+
+
+async def test_crash_after_requests(make_sim: Make) -> None:
+    sim = await make_sim(crashAfterRequests=2, tpotMs=50)
+    slow = asyncio.create_task(sim.complete(max_tokens=50))
+    await until(lambda: sim.engine.running == 1)
+    assert (await sim.complete(max_tokens=1))[0] == 200
+    assert (await sim.complete(max_tokens=1))[0] == 200  # the second: the engine dies after it
+    status, body = await slow
+    assert status == 500
+    assert body["error"]["message"].startswith("EngineCore encountered an issue")
+    assert sim.crashes == ["simulated crash (fault injection)"]
+    assert (await sim.complete())[0] == 500
+
+
+async def test_gpu_fault_after_requests(make_sim: Make) -> None:
+    sim = await make_sim(gpuFaultAfterRequests=2)
+    await sim.complete()
+    assert sim.xids == []
+    await sim.complete()
+    await until(lambda: sim.xids == [79])
+
+
+async def test_abort_like_vllm_on_sigterm(make_sim: Make) -> None:
+    sim = await make_sim(tpotMs=20)
+    stream = asyncio.create_task(sim.stream_events(max_tokens=200))
+    plain = asyncio.create_task(sim.complete(max_tokens=200))
+    await until(lambda: sim.engine.running == 2)
+    sim.engine.stopping = True
+    sim.engine.abort_all("abort")
+    events = await asyncio.wait_for(stream, DEADLINE_S)
+    assert events[-1] == b"data: [DONE]"
+    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "abort"
+    status, body = await plain
+    assert status == 500
+    assert body["error"]["code"] == 500
+    assert sim.engine.metrics.finished["abort"] == 2
+
+
+async def test_client_disconnect_frees_the_slot(make_sim: Make) -> None:
+    sim = await make_sim(tpotMs=10)
+    url = str(sim.client.make_url("/v1/completions"))
+    async with ClientSession() as session:
+        payload = {"prompt": "hi", "max_tokens": 500, "stream": True}
+        async with session.post(url, json=payload) as response:
+            await response.content.readline()
+    await until(lambda: sim.engine.running == 0)
