@@ -15,6 +15,7 @@ from kubeinfer.localcluster.build import BuildError, ensure_all
 from kubeinfer.localcluster.components import Layout
 from kubeinfer.localcluster.health import StartupError
 from kubeinfer.localcluster.paths import default_cluster_dir
+from kubeinfer.localcluster.runtime.records import pod_dir
 from kubeinfer.localcluster.state import ClusterState
 
 
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     kill.add_argument("-n", "--namespace", default="default")
     kill.add_argument("-c", "--container", default=None)
     kill.add_argument("--signal", default="KILL", help="signal name, e.g. TERM, KILL")
+    logs = sub.add_parser("logs", help="print a runtime pod's output (kubectl logs can't)")
+    logs.add_argument("pod")
+    logs.add_argument("-n", "--namespace", default="default")
+    logs.add_argument("-c", "--container", default=None)
     for name, text in (("node-down", "make a node NotReady and kill its pod processes"),
                        ("node-up", "bring a node taken down back")):  # fmt: skip
         node = sub.add_parser(name, help=text)
@@ -122,6 +127,19 @@ def _kill(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace, root: Path) -> int:
+    folder = pod_dir(Path(_load(root).root) / "runtime", args.namespace, args.pod)
+    files = sorted(folder.glob(f"{args.container or '*'}.log"))
+    if not files:
+        print(f"no output recorded for {args.namespace}/{args.pod} in {folder}", file=sys.stderr)
+        return 1
+    for path in files:
+        if len(files) > 1:
+            print(f"==> {path.stem} <==")
+        sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
 def _node(args: argparse.Namespace, root: Path) -> int:
     failures.set_node_down(root, args.node, down=args.command == "node-down")
     return 0
@@ -134,6 +152,7 @@ _COMMANDS = {
     "status": _status,
     "env": _env,
     "kill": _kill,
+    "logs": _logs,
     "node-down": _node,
     "node-up": _node,
 }

@@ -116,6 +116,12 @@ class Runtime:
             except (aiohttp.ClientError, TimeoutError) as error:
                 log.warning("watch %s: %s; retrying", path, error)
                 await asyncio.sleep(0.5)  # the apiserver may be restarting
+            except Exception:
+                # A bug must not silently stop the runtime from acting: log it
+                # with its traceback and start over from a fresh list.
+                log.exception("watch %s failed; listing again", path)
+                await asyncio.sleep(1)
+                resource_version = await self._relist(api, path, handler)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -163,9 +169,25 @@ class Runtime:
         if runner:
             runner.update(pod)
             return
-        if not is_runtime_pod(pod) or pod.get("status", {}).get("phase") in _FINISHED_PHASES:
+        if not is_runtime_pod(pod):
             return
-        self._start(pod, node_name)
+        if pod["metadata"].get("deletionTimestamp"):
+            # Never started here (finished before a runtime restart, or deleted at
+            # once): nothing to stop, but someone must confirm the deletion.
+            self._spawn(self._confirm_deletion(pod))
+        elif pod.get("status", {}).get("phase") not in _FINISHED_PHASES:
+            self._start(pod, node_name)
+
+    async def _confirm_deletion(self, pod: Pod) -> None:
+        meta = pod["metadata"]
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        try:
+            await self.deps.api.delete(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body
+            )
+        except ApiError as error:
+            if error.status not in (404, 409):
+                log.warning("deleting %s/%s: %s", meta["namespace"], meta["name"], error)
 
     def _start(self, pod: Pod, node_name: str) -> None:
         uid = pod["metadata"]["uid"]

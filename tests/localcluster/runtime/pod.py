@@ -133,7 +133,8 @@ class PodRunner:
         containers = asyncio.create_task(self._run_containers())
         try:
             await self._deleting.wait()
-            await self.node_up.wait()  # a lost node's kubelet cannot confirm deletions
+            if not self._gone:
+                await self.node_up.wait()  # a lost node's kubelet cannot confirm deletions
             grace = 0 if self._gone else grace_period_seconds(self.pod)
             await asyncio.gather(*(c.stop(grace) for c in self._all()))
             await containers
