@@ -1,1 +1,4 @@
-pytest_plugins = ["kubeinfer.localcluster.pytest_plugin"]
+pytest_plugins = [
+    "kubeinfer.localcluster.pytest_plugin",
+    "kubeinfer.localcluster.operator_fixtures",
+]

@@ -1,0 +1,248 @@
+"""The operator on the real local control plane: create, serve, heal, scale, delete.
+
+The operator runs as a real process with a ServiceAccount bound to exactly
+the ClusterRole of kubeinfer.operator.rbac; workers (simulated engine) and
+routers run as real processes started by the local runtime for the pods
+the scheduler placed.
+"""
+
+import json
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.localcluster.failures import kill_pod
+from kubeinfer.localcluster.operator_fixtures import (
+    OperatorProcess,
+    get_isvc,
+    isvc_path,
+    router_url,
+    wait_condition,
+    worker_pods,
+)
+from kubeinfer.localcluster.state import ClusterState
+from kubeinfer.localcluster.waiting import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def simulated(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "kubeinfer.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "sim-model", "source": "simulated/sim-1b"},
+            "replicas": replicas,
+            "routing": {"routerReplicas": 1},
+            "rollout": {
+                "steps": [50, 100],
+                "stepIntervalSeconds": 2,
+                "maxSurge": 1,
+                "analysis": {"minRequests": 5},
+            },
+            "worker": {
+                "engine": "simulated",
+                "resources": {"cpu": "100m", "memory": "128Mi"},
+                "simulator": {"ttftMs": 2, "tpotMs": 1},
+                "drainSeconds": 3,
+            },
+        },
+    }
+    for key, value in spec.items():
+        body["spec"][key] = (
+            {**body["spec"].get(key, {}), **value} if isinstance(value, dict) else value
+        )
+    return body
+
+
+def apply(kube: KubeClient, namespace: str, body: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
+
+
+def complete(base: str, n: int = 1) -> list[int]:
+    codes = []
+    for _ in range(n):
+        request = urllib.request.Request(
+            f"{base}/v1/completions",
+            data=json.dumps({"model": "sim-model", "prompt": "hello", "max_tokens": 4}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                codes.append(answer.status)
+        except urllib.error.HTTPError as error:
+            codes.append(error.code)
+    return codes
+
+
+def test_apply_serves_through_the_router(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, simulated("chat", replicas=2))
+    # `kubectl wait` works on the Ready condition.
+    kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", "infsvc/chat")
+    obj = get_isvc(kube, namespace, "chat")
+    status = obj["status"]
+    assert status["readyText"] == "2/2"
+    assert status["phase"] == "Ready"
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    rows = status["replicaStatuses"]
+    assert {r["gpuProduct"] for r in rows} <= {"NVIDIA-H100-80GB-HBM3", "NVIDIA-RTX-A400"}
+    assert all(r["ready"] and r["node"] for r in rows)
+    pods = worker_pods(kube, namespace, "chat")
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["status"]["podIP"].startswith("127.")
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Requests go through the router to the simulated workers.
+    assert complete(router_url(kube, namespace, "chat"), 10) == [200] * 10
+    printed = kube.kubectl("get", "infsvc", "-n", namespace)
+    assert printed.split("\n")[0].split() == [
+        "NAME",
+        "READY",
+        "REPLICAS",
+        "CANARY",
+        "STRATEGY",
+        "PHASE",
+        "AGE",
+    ]
+
+
+def test_killed_worker_comes_back_into_rotation(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
+) -> None:
+    apply(kube, namespace, simulated("heal", replicas=2))
+    wait_condition(kube, namespace, "heal", "Ready", timeout=90)
+    victim = worker_pods(kube, namespace, "heal")[0]["metadata"]["name"]
+    kill_pod(Path(local_cluster.root), namespace, victim, sig=signal.SIGKILL)
+    # The kill shows in the pod and takes it out of the ready count ...
+    wait_for(
+        lambda: any(
+            (cs.get("restartCount") or 0) >= 1
+            for p in worker_pods(kube, namespace, "heal")
+            for cs in p["status"].get("containerStatuses") or []
+        ),
+        30,
+        what="the restart of the killed worker",
+    )
+    # ... and it comes back ready, in rotation, with everything answering.
+    wait_condition(kube, namespace, "heal", "Ready", timeout=60)
+    assert complete(router_url(kube, namespace, "heal"), 10) == [200] * 10
+
+
+def test_gpu_fault_replaces_the_pod_and_says_why(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    body = simulated("faulty", replicas=1, worker={"simulator": {"gpuFaultAfterRequests": 3}})
+    apply(kube, namespace, body)
+    wait_condition(kube, namespace, "faulty", "Ready", timeout=90)
+    (first,) = [p["metadata"]["name"] for p in worker_pods(kube, namespace, "faulty")]
+    complete(router_url(kube, namespace, "faulty"), 4)
+
+    def replaced() -> list[str] | None:
+        names = [p["metadata"]["name"] for p in worker_pods(kube, namespace, "faulty")]
+        return names if names and first not in names else None
+
+    (second,) = wait_for(replaced, 30, what="a replacement pod with a new name")
+    events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    reasons = [
+        (e["reason"], e["message"]) for e in events if e["involvedObject"]["name"] == "faulty"
+    ]
+    assert any(r == "ReplacingPod" and "GPU" in m and "Xid" in m for r, m in reasons), reasons
+    replacement = kube.get(f"/api/v1/namespaces/{namespace}/pods/{second}")
+    annotations = replacement["metadata"]["annotations"]
+    assert annotations["kubeinfer.io/replaces"] == first
+    assert annotations["kubeinfer.io/failures"] == "1"
+    wait_condition(kube, namespace, "faulty", "Ready", timeout=60)
+
+
+def test_scale_up_and_down_through_the_scale_subresource(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, simulated("elastic", replicas=1))
+    wait_condition(kube, namespace, "elastic", "Ready", timeout=90)
+    kube.kubectl("scale", "-n", namespace, "infsvc/elastic", "--replicas=3")
+    wait_for(
+        lambda: get_isvc(kube, namespace, "elastic")["status"].get("readyText") == "3/3",
+        90,
+        what="three ready replicas",
+    )
+    scale = kube.get(isvc_path(namespace, "elastic") + "/scale")
+    assert scale["status"]["replicas"] == 3
+    assert "kubeinfer.io/service=elastic" in scale["status"]["selector"]
+    kube.kubectl("scale", "-n", namespace, "infsvc/elastic", "--replicas=1")
+    wait_for(
+        lambda: len(worker_pods(kube, namespace, "elastic")) == 1, 60, what="scale down to one pod"
+    )
+    remaining = worker_pods(kube, namespace, "elastic")[0]
+    assert remaining["metadata"]["labels"]["kubeinfer.io/replica"] == "0"
+    wait_condition(kube, namespace, "elastic", "Ready", timeout=30)
+
+
+def test_not_enough_gpus_is_degraded_with_counts(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    # The A400 node has 2 GPUs; ask for 3 of them.
+    apply(kube, namespace, simulated("greedy", replicas=3, gpu={"product": "NVIDIA-RTX-A400"}))
+    cond = wait_condition(
+        kube, namespace, "greedy", "Degraded", reason="InsufficientGPU", timeout=60
+    )
+    assert cond["message"].startswith("1 of 3 worker pods cannot be scheduled")
+    assert "nvidia.com/gpu" in cond["message"] or "node" in cond["message"]
+
+
+def test_model_too_big_for_the_gpu_is_a_warning(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    body = simulated("huge", replicas=1, gpu={"product": "NVIDIA-RTX-A400"})
+    body["spec"]["model"]["vramGiB"] = 20
+    apply(kube, namespace, body)
+    warnings = wait_for(
+        lambda: (get_isvc(kube, namespace, "huge").get("status") or {}).get("warnings"),
+        30,
+        what="a VRAM warning",
+    )
+    assert warnings[0].startswith("model needs ~20.0 GiB, GPU NVIDIA-RTX-A400 has 4 GiB")
+
+
+def test_invalid_spec_is_rejected_by_the_api_server(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    body = simulated("bad", replicas=2, rollout={"steps": [50, 25, 100]})
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        apply(kube, namespace, body)
+    assert "rollout.steps must be strictly ascending" in caught.value.stderr
+    body = simulated("bad", replicas=1, rollout={"maxSurge": 4})
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        apply(kube, namespace, body)
+    assert "rollout.maxSurge must not exceed replicas" in caught.value.stderr
+
+
+def test_delete_garbage_collects_everything(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, simulated("doomed", replicas=1))
+    wait_condition(kube, namespace, "doomed", "Ready", timeout=90)
+    kube.kubectl("delete", "-n", namespace, "infsvc/doomed", "--wait=false")
+
+    def leftovers() -> list[str]:
+        found = []
+        for path in ("pods", "configmaps", "services", "serviceaccounts"):
+            for item in kube.get(f"/api/v1/namespaces/{namespace}/{path}")["items"]:
+                labels = item["metadata"].get("labels") or {}
+                if labels.get("kubeinfer.io/service") == "doomed" and not item["metadata"].get(
+                    "deletionTimestamp"
+                ):
+                    found.append(f"{path}/{item['metadata']['name']}")
+        for item in kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments")["items"]:
+            found.append(f"deployments/{item['metadata']['name']}")
+        return found
+
+    wait_for(lambda: leftovers() == [], 60, what="all children of doomed to be deleted")
+    assert not kube.exists(isvc_path(namespace, "doomed"))
