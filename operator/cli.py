@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     docs = sub.add_parser("docs", help="write the API field reference generated from the models")
     docs.add_argument("--out", default="docs/api.md", help="file to write ('-': stdout)")
     sub.add_parser("rbac", help="print the operator's ClusterRole YAML (the Helm chart ships it)")
+    from kubeinfer.operator import rolloutcli
+
+    rolloutcli.add_parsers(sub)
     parsed = parser.parse_args(args)
+    if parsed.command in ("status", "rollout"):
+        return rolloutcli.run(parsed)
     if parsed.command == "crds":
         from kubeinfer.operator.crdgen import write_crds
 
