@@ -90,7 +90,11 @@ _ENGINE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"ValueError: |pydantic.*ValidationError"), "invalid engine arguments: {line}"),
 ]
 _ERROR_LINE = re.compile(r"(Error|error|Exception|FATAL|Traceback)")
-_LOG_PREFIX = re.compile(r"^(\(\w+ pid=\d+\)\s*)?(ERROR|CRITICAL|WARNING|INFO)\s+[\d-]+ [\d:.]+ ")
+# vLLM's log prefix: "(EngineCore_DP0 pid=7) ERROR 11-22 04:40:39 [core.py:700] ".
+_LOG_PREFIX = re.compile(
+    r"^(\(\w+ pid=\d+\)\s*)?(ERROR|CRITICAL|WARNING|INFO|DEBUG)"
+    r"(\s+[\d-]+ [\d:.,]+)?(\s+\[[^\]]*\])?\s+"
+)
 
 
 def _clean(line: str) -> str:

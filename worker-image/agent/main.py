@@ -103,14 +103,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     env = dict(os.environ)
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        config = parse_worker_args(sys.argv[1:] if argv is None else argv, env)
+        config = parse_worker_args(args, env)
     except ConfigError as error:
         reason = f"invalid arguments: {error}"
-        log.error("%s", reason)
-        path = env.get(ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG
-        write_termination_message(path, reason)
-        return ExitCode.USAGE
+    except SystemExit as exited:  # argparse has printed the usage and the problem
+        if exited.code in (0, None):
+            raise
+        reason = "invalid arguments (see the container log)"
+    else:
+        return _run(config, env)
+    log.error("%s", reason)
+    write_termination_message(_termination_log(args, env), reason)
+    return ExitCode.USAGE
+
+
+def _termination_log(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """--termination-log when the rest of the command line could not be parsed."""
+    for index, arg in enumerate(args):
+        if arg.startswith("--termination-log="):
+            return arg.split("=", 1)[1]
+        if arg == "--termination-log" and index + 1 < len(args):
+            return args[index + 1]
+    return env.get(ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG
+
+
+def _run(config: WorkerConfig, env: Mapping[str, str]) -> int:
     try:
         outcome = run_worker(config, env)
     except Exception as error:  # the last line of defence: say why before dying

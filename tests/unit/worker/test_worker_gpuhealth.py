@@ -4,7 +4,7 @@ import dataclasses
 
 import pynvml
 import pytest
-from conftest import GIB, FakeDevice, FakeNvml
+from fake_nvml import GIB, FakeDevice, FakeNvml
 from kubeinfer.operator.api import ModelSpec
 from kubeinfer.worker.gpuhealth import (
     ReadFailures,

@@ -2,7 +2,7 @@
 
 import pynvml
 import pytest
-from conftest import GIB, FakeDevice, FakeNvml
+from fake_nvml import GIB, FakeDevice, FakeNvml
 from kubeinfer.worker.nvml import (
     DeviceSelector,
     Gpu,
