@@ -320,19 +320,42 @@ def _metrics(s: MockState) -> str:
     )
 
 
-async def serve(host: str, ports: list[int], config: MockConfig) -> list[asyncio.Server]:
-    """Start one mock backend per port (each with its own state)."""
+@dataclass
+class MockBackend:
+    """One running mock backend (in this process)."""
+
+    port: int
+    state: MockState
+    server: asyncio.Server
+
+    @property
+    def config(self) -> MockConfig:
+        return self.state.config
+
+    def set(self, **changes: Any) -> None:
+        """Change behaviour live (what POST /_mock/mode does)."""
+        for key, value in changes.items():
+            setattr(self.state.config, key, value)
+        self.state.encode()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+async def serve(host: str, ports: list[int], config: MockConfig) -> list[MockBackend]:
+    """Start one mock backend per port (each with its own state); port 0 picks one."""
     loop = asyncio.get_running_loop()
-    servers = []
+    out = []
     for port in ports:
-        cfg = MockConfig(**{**config.__dict__, "name": f"{config.name}-{port}"})
-        state = MockState(cfg)
+        state = MockState(MockConfig(**config.__dict__))
+        server = await loop.create_server(lambda st=state: MockProtocol(st), host, port,  # type: ignore[misc]
+                                          reuse_address=True, backlog=1024)
+        bound = server.sockets[0].getsockname()[1]
+        if config.name == "mock":
+            state.config.name = f"mock-{bound}"
         state.encode()
-        servers.append(
-            await loop.create_server(lambda st=state: MockProtocol(st), host, port,  # type: ignore[misc]
-                                     reuse_address=True, backlog=1024)
-        )
-    return servers
+        out.append(MockBackend(bound, state, server))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,15 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     config = MockConfig(name=a.name, model=a.model, delay=a.delay, slots=a.slots, chunks=a.chunks,
                         chunk_delay=a.chunk_delay, mode=a.mode)
     async def run() -> None:
-        servers = await serve(a.host, a.port, config)
+        backends = await serve(a.host, a.port, config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         print(f"mockbackend {os.getpid()} listening on {a.host}:{a.port}", flush=True)
         await stop.wait()
-        for s in servers:
-            s.close()
+        for b in backends:
+            b.close()
 
     import uvloop
 
