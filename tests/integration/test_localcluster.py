@@ -49,6 +49,9 @@ HTTP_SERVER = textwrap.dedent(
 )
 
 
+READINESS = {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 1}
+
+
 def runtime_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
     """A pod of ours (worker image) whose process runs `script` in this interpreter."""
     container = {
@@ -143,7 +146,7 @@ def test_gpu_pod_runs_and_answers_on_its_pod_ip(kube: KubeClient, namespace: str
         HTTP_SERVER,
         container={
             "resources": {"limits": {GPU_RESOURCE: "1"}},
-            "readinessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 1},
+            "readinessProbe": READINESS,
         },
     )
     create(kube, namespace, pod)
@@ -286,6 +289,8 @@ def test_killed_process_shows_in_pod_status(
                 {"name": "POD_NAME", "value": "victim"},
                 {"name": "LAST_WORDS", "value": "simulated: CUDA error: out of memory"},
             ],
+            # Ready only once it serves, i.e. after it wrote its last words.
+            "readinessProbe": READINESS,
         },
     )
     create(kube, namespace, pod)

@@ -35,6 +35,7 @@ class ClusterPki:
     admin: CertPair
     controller_manager: CertPair
     scheduler: CertPair
+    front_proxy_client: CertPair
     service_account_key: Path
     service_account_pub: Path
 
@@ -146,6 +147,7 @@ def pki_paths(folder: Path) -> ClusterPki:
         admin=pair("admin"),
         controller_manager=pair("controller-manager"),
         scheduler=pair("scheduler"),
+        front_proxy_client=pair("front-proxy-client"),
         service_account_key=folder / "sa.key",
         service_account_pub=folder / "sa.pub",
     )
@@ -173,5 +175,8 @@ def generate_pki(folder: Path) -> ClusterPki:
     # The bootstrap RBAC policy already grants these two users what they need.
     client("controller-manager", "system:kube-controller-manager", None)
     client("scheduler", "system:kube-scheduler", None)
+    # The aggregation layer's client (and, without it, every component logs
+    # "missing content for CA bundle ... requestheader-client-ca-file").
+    client("front-proxy-client", "front-proxy-client", None)
     assert ca == paths.ca
     return paths
