@@ -35,8 +35,12 @@ lint: install
 typecheck: install
 	MYPYPATH=$(LINKTREE) $(BIN)/mypy -p kubeinfer
 
+# Everything generated from the API models and rbac.py (drift tests check each).
 crds: install
 	$(BIN)/kubeinfer crds --out crds/
+	$(BIN)/kubeinfer crds --out helm/kubeinfer/crds/
+	$(BIN)/kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml
+	$(BIN)/kubeinfer docs --out docs/api.md
 
 # The Go binaries of the local cluster (cached outside the repo; the first
 # build takes many minutes, later ones seconds).

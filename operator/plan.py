@@ -8,6 +8,7 @@ same actions, and worker pod names are deterministic, so an operator that
 dies between deciding and recording never creates a pod twice.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from kubeinfer.operator.analysis import RouterStats, Verdict, judge_canary
@@ -86,10 +87,15 @@ class Observed:
 def _counts(pods: list[PodInfo], failed: dict[str, str]) -> dict[str, RevisionCounts]:
     counts: dict[str, RevisionCounts] = {}
     for pod in pods:
-        if pod.deleting or pod.draining_since is not None or pod.name in failed:
+        if pod.deleting or pod.name in failed:
             continue
         old = counts.get(pod.revision or "", RevisionCounts())
-        counts[pod.revision or ""] = RevisionCounts(old.live + 1, old.ready + int(pod.ready))
+        if pod.draining_since is not None:
+            counts[pod.revision or ""] = dataclasses.replace(old, draining=old.draining + 1)
+        else:
+            counts[pod.revision or ""] = dataclasses.replace(
+                old, live=old.live + 1, ready=old.ready + int(pod.ready)
+            )
     return counts
 
 

@@ -24,7 +24,8 @@ def operator_rules() -> list[dict[str, Any]]:
       except `kubeinfer rollout undo`, which runs as the user);
     - owns worker Pods, the router Deployment/Service/ServiceAccount/Role/
       RoleBinding, the routing-table ConfigMap and the NetworkPolicy;
-    - reads Nodes (GPU labels, NotReady) and writes Events.
+    - reads Nodes (GPU labels, NotReady) and writes Events;
+    - lists and watches CRDs (kopf follows its resource's definition).
 
     Granting the routers' Role requires holding its rules (Kubernetes
     prevents privilege escalation), which ``configmaps`` here covers.
@@ -38,6 +39,8 @@ def operator_rules() -> list[dict[str, Any]]:
         _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], _CHILD),
         _rule(["networking.k8s.io"], ["networkpolicies"], _CHILD),
         _rule([""], ["nodes"], ["get", "list", "watch"]),
+        # kopf discovers and watches the CRD itself (to follow its changes).
+        _rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
         _rule([""], ["events"], ["create", "patch"]),
         _rule(["events.k8s.io"], ["events"], ["create", "patch"]),
     ]

@@ -70,6 +70,7 @@ class RevisionCounts:
 
     live: int = 0
     ready: int = 0
+    draining: int = 0  # still finishing requests: they hold a GPU until gone
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def _progress_trigger(world: World, status: InferenceServiceStatus) -> Trigger |
         last = status.rollout.step >= len(world.spec.rollout.steps) - 1
         return Trigger.CANARY_PASSED if last else Trigger.STEP_PASSED
     if phase is P.PROMOTING and canary is not None:
-        done = world.count(stable).live == 0 and world.count(canary).ready >= world.spec.replicas
+        old = world.count(stable)
+        done = old.live + old.draining == 0 and world.count(canary).ready >= world.spec.replicas
         if done:
             return Trigger.PROMOTED
     if phase is P.ROLLING_BACK and world.count(canary).live == 0:

@@ -1,8 +1,9 @@
 """One client request: pick a backend, attempt, retry while nothing was sent.
 
 Retries go to a backend not tried yet, only for failures that say nothing
-about the request itself (connect errors, lost connections, stalls, 502,
-503, 504, and vLLM's dead-engine 500), only while no response byte has
+about the request itself (connect errors, lost connections, stalls, 500,
+502, 503, 504: vLLM answers input problems with 4xx, so a 500 is the
+worker's fault, e.g. a dead engine or a broken canary), only while no response byte has
 reached the client, at most ``retries`` times and within the retry budget.
 Every failed attempt counts against its backend and revision even when a
 retry then succeeds: that is how the canary analysis sees a bad canary
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # vLLM's answer once its engine core died; nothing reached the client, and
 # another worker can serve the request (fixtures/vllm-0.32.0/engine_dead*).
 ENGINE_DEAD_MARKER = b"EngineCore"
-RETRYABLE_STATUS = frozenset({502, 503, 504})
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 # Response headers that belong to the worker's hop.
 RESPONSE_SKIP = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server",
@@ -195,10 +196,10 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
         retry: str | None = None
         if status >= 500:
             error = True
-            if status in RETRYABLE_STATUS:
-                retry = f"status-{status}"
-            elif status == 500 and ENGINE_DEAD_MARKER in body:
+            if status == 500 and ENGINE_DEAD_MARKER in body:
                 retry = "engine-dead"
+            elif status in RETRYABLE_STATUS:
+                retry = f"status-{status}"
         elif ex.aborted_stream and status < 300:
             error = True
             retry = "abort"

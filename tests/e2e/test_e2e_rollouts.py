@@ -1,0 +1,283 @@
+"""End to end: real OpenAI-client traffic through the router while the
+operator rolls out bad and good revisions, kills workers and restarts
+itself. Every request is counted; none may fail.
+
+Load is bounded: a fixed number of concurrent clients, each stopping when
+the scenario ends or after a hard cap of requests.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.localcluster.failures import kill_pod
+from kubeinfer.localcluster.operator_fixtures import (
+    OperatorProcess,
+    get_isvc,
+    router_url,
+    wait_condition,
+    worker_pods,
+)
+from kubeinfer.localcluster.state import ClusterState
+from kubeinfer.localcluster.waiting import async_wait_for
+
+pytestmark = pytest.mark.cluster
+MAX_REQUESTS_PER_CLIENT = 3000
+
+
+def service(name: str, replicas: int = 2, **simulator: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeinfer.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "sim-model", "source": "simulated/sim-1b"},
+            "replicas": replicas,
+            "routing": {"routerReplicas": 1, "retries": 3},
+            "rollout": {
+                "steps": [50, 100],
+                "stepIntervalSeconds": 3,
+                "maxSurge": 1,
+                "analysis": {"minRequests": 10, "maxErrorRate": 0.05},
+            },
+            "worker": {
+                "engine": "simulated",
+                "resources": {"cpu": "100m", "memory": "128Mi"},
+                "simulator": {"ttftMs": 2, "tpotMs": 1, **simulator},
+                "drainSeconds": 5,
+            },
+        },
+    }
+
+
+def apply(kube: KubeClient, namespace: str, body: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
+
+
+@dataclass
+class Load:
+    """Steady traffic from a few OpenAI clients; counts every outcome."""
+
+    base_url: str
+    clients: int = 4
+    stream_every: int = 4  # every 4th request streams
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _client(self, index: int) -> None:
+        client = openai.AsyncOpenAI(
+            base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0, timeout=20
+        )
+        try:
+            for n in range(MAX_REQUESTS_PER_CLIENT):
+                if self._stop.is_set():
+                    return
+                try:
+                    if n % self.stream_every == 0:
+                        stream = await client.chat.completions.create(
+                            model="sim-model",
+                            messages=[{"role": "user", "content": f"hello {index} {n}"}],
+                            max_tokens=6,
+                            stream=True,
+                        )
+                        finish = None
+                        async for chunk in stream:
+                            if chunk.choices and chunk.choices[0].finish_reason:
+                                finish = chunk.choices[0].finish_reason
+                        assert finish in ("length", "stop"), f"stream ended with {finish}"
+                        self.outcomes["stream-ok"] += 1
+                    else:
+                        answer = await client.completions.create(
+                            model="sim-model", prompt=f"hello {index} {n}", max_tokens=6
+                        )
+                        assert answer.choices[0].text
+                        self.outcomes["ok"] += 1
+                except (openai.APIError, AssertionError) as error:
+                    self.outcomes["failed"] += 1
+                    self.failures.append(repr(error)[:300])
+                await asyncio.sleep(0.02)
+        finally:
+            await client.close()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["Load"]:
+        tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            await asyncio.gather(*tasks)
+
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    async def probe() -> Any:
+        return await asyncio.to_thread(check)
+
+    poll: Callable[[], Awaitable[Any]] = probe
+    return await async_wait_for(poll, timeout, interval=0.3, what=what)
+
+
+def rollout_phase(kube: KubeClient, namespace: str, name: str) -> str:
+    return str(get_isvc(kube, namespace, name)["status"]["rollout"]["phase"])
+
+
+async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requests(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, service("llm"))
+    wait_condition(kube, namespace, "llm", "Ready", timeout=90)
+    stable = get_isvc(kube, namespace, "llm")["status"]["stableRevision"]
+    load = Load(router_url(kube, namespace, "llm"))
+    async with load.running():
+        await until(lambda: load.total() >= 20, 30, "traffic to flow")
+        # A canary whose engine fails 60 % of requests: analysis catches it
+        # and the operator rolls back, while the router retries every failed
+        # attempt on a stable worker.
+        apply(kube, namespace, service("llm", errorRate=0.6))
+        await until(
+            lambda: rollout_phase(kube, namespace, "llm") == "Failed", 90, "the automatic rollback"
+        )
+        rolled_back = wait_condition(kube, namespace, "llm", "RolledBack", timeout=5)
+        assert "canary error rate" in rolled_back["message"]
+        assert get_isvc(kube, namespace, "llm")["status"]["stableRevision"] == stable
+        await until(
+            lambda: all(
+                p["metadata"]["labels"]["kubeinfer.io/revision"] == stable
+                for p in worker_pods(kube, namespace, "llm")
+            ),
+            60,
+            "the canary pods to be gone",
+        )
+        # A good revision (faster engine): promoted step by step.
+        apply(kube, namespace, service("llm", tpotMs=0.5))
+        good = await until(
+            lambda: (
+                (s := get_isvc(kube, namespace, "llm")["status"]).get("stableRevision") != stable
+                and s["rollout"]["phase"] == "Idle"
+                and s["stableRevision"]
+            ),
+            120,
+            "the promotion of the good revision",
+        )
+        await until(
+            lambda: (
+                {
+                    p["metadata"]["labels"]["kubeinfer.io/revision"]
+                    for p in worker_pods(kube, namespace, "llm")
+                }
+                == {good}
+            ),
+            60,
+            "old pods drained away",
+        )
+    assert load.outcomes["failed"] == 0, load.failures[:5]
+    assert load.outcomes["ok"] > 50
+    assert load.outcomes["stream-ok"] > 10
+    history = [h["outcome"] for h in get_isvc(kube, namespace, "llm")["status"]["revisionHistory"]]
+    assert history == ["Initial", "Promoted"]
+
+
+async def test_killed_worker_costs_no_request(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
+) -> None:
+    apply(kube, namespace, service("sturdy", replicas=3))
+    wait_condition(kube, namespace, "sturdy", "Ready", timeout=90)
+    load = Load(router_url(kube, namespace, "sturdy"), stream_every=1_000_000)
+    async with load.running():
+        await until(lambda: load.total() >= 30, 30, "traffic to flow")
+        victim = worker_pods(kube, namespace, "sturdy")[0]["metadata"]["name"]
+        before = load.total()
+        kill_pod(Path(local_cluster.root), namespace, victim)
+        await until(lambda: load.total() >= before + 100, 60, "100 more requests after the kill")
+        wait_condition(kube, namespace, "sturdy", "Ready", timeout=60)
+    assert load.outcomes["failed"] == 0, load.failures[:5]
+
+
+async def test_operator_killed_mid_rollout_continues_without_duplicates(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, service("resume", replicas=2))
+    wait_condition(kube, namespace, "resume", "Ready", timeout=90)
+    load = Load(router_url(kube, namespace, "resume"), clients=2)
+    async with load.running():
+        apply(kube, namespace, service("resume", tpotMs=0.5))
+        await until(
+            lambda: rollout_phase(kube, namespace, "resume") == "Analysing", 60, "the first step"
+        )
+        running_operator.kill()
+        names_before = {p["metadata"]["name"] for p in worker_pods(kube, namespace, "resume")}
+        running_operator.start()
+        await until(
+            lambda: rollout_phase(kube, namespace, "resume") == "Idle", 120, "the rollout to finish"
+        )
+    pods = worker_pods(kube, namespace, "resume")
+    replicas = [p["metadata"]["labels"]["kubeinfer.io/replica"] for p in pods]
+    assert sorted(replicas) == ["0", "1"], names_before
+    assert len({p["metadata"]["labels"]["kubeinfer.io/revision"] for p in pods}) == 1
+    assert load.outcomes["failed"] == 0, load.failures[:5]
+
+
+async def test_manual_pause_promote_abort_and_undo(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
+) -> None:
+    apply(kube, namespace, service("manual", replicas=2))
+    wait_condition(kube, namespace, "manual", "Ready", timeout=90)
+    first = get_isvc(kube, namespace, "manual")["status"]["stableRevision"]
+    kube.kubectl("annotate", "-n", namespace, "infsvc/manual", "kubeinfer.io/rollout=pause")
+    apply(kube, namespace, service("manual", tpotMs=0.5))
+    await until(lambda: rollout_phase(kube, namespace, "manual") == "Paused", 60, "the pause")
+    kube.kubectl(
+        "annotate", "-n", namespace, "infsvc/manual", "kubeinfer.io/rollout=promote", "--overwrite"
+    )
+    second = await until(
+        lambda: (
+            (s := get_isvc(kube, namespace, "manual")["status"])["rollout"]["phase"] == "Idle"
+            and s["stableRevision"] != first
+            and s["stableRevision"]
+        ),
+        120,
+        "the manual promotion",
+    )
+    annotations = get_isvc(kube, namespace, "manual")["metadata"].get("annotations") or {}
+    assert "kubeinfer.io/rollout" not in annotations
+    # Undo restores the first revision's spec; it rolls out like any change.
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kubeinfer"),
+            "rollout",
+            "undo",
+            "manual",
+            "-n",
+            namespace,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "KUBECONFIG": local_cluster.kubeconfig},
+    )
+    assert "rolled back" in out.stdout
+    await until(
+        lambda: get_isvc(kube, namespace, "manual")["status"].get("canaryRevision") == first,
+        30,
+        "the undo to start",
+    )
+    kube.kubectl(
+        "annotate", "-n", namespace, "infsvc/manual", "kubeinfer.io/rollout=abort", "--overwrite"
+    )
+    await until(lambda: rollout_phase(kube, namespace, "manual") == "Failed", 60, "the abort")
+    assert get_isvc(kube, namespace, "manual")["status"]["stableRevision"] == second
