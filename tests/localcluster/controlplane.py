@@ -291,6 +291,8 @@ def down(root: Path, *, progress: Progress = print) -> bool:
     if swept:
         progress(f"killed {swept} pod process group(s) left behind")
     layout.state_file.unlink(missing_ok=True)
+    # etcd preallocates a 64 MB WAL; `up` never reuses the data, logs stay.
+    shutil.rmtree(layout.etcd_data, ignore_errors=True)
     release_octet(state.octet)
     return True
 
