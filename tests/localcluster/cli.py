@@ -28,29 +28,37 @@ def _parser() -> argparse.ArgumentParser:
         prog="kubeinfer cluster",
         description="A real Kubernetes control plane with simulated GPU nodes, on loopback.",
     )
-    parser.add_argument(
-        "--dir", type=Path, default=None,
-        help="cluster state folder (default: $KUBEINFER_CLUSTER_DIR or ~/.cache/kubeinfer/cluster)",
-    )  # fmt: skip
+    dir_help = (
+        "cluster state folder (default: $KUBEINFER_CLUSTER_DIR or ~/.cache/kubeinfer/cluster)"
+    )
+    parser.add_argument("--dir", type=Path, default=None, help=dir_help)
+    # --dir is accepted after the subcommand too (SUPPRESS: don't reset it there).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=dir_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build (or find cached) etcd, Kubernetes, KWOK and helm")
-    up = sub.add_parser("up", help="start the cluster and wait until it is healthy")
+    sub_add = sub.add_parser
+
+    def add_parser(name: str, text: str) -> argparse.ArgumentParser:
+        return sub_add(name, help=text, parents=[common])
+
+    add_parser("build", "build (or find cached) etcd, Kubernetes, KWOK and helm")
+    up = add_parser("up", "start the cluster and wait until it is healthy")
     up.add_argument("--topology", type=Path, help="node topology YAML (default: 2xH100x4, A400x2)")
-    sub.add_parser("down", help="stop every process of the cluster")
-    sub.add_parser("status", help="components, their pids and the nodes")
-    sub.add_parser("env", help="print shell exports: eval $(kubeinfer cluster env)")
-    kill = sub.add_parser("kill", help="signal a runtime pod's process (default SIGKILL)")
+    add_parser("down", "stop every process of the cluster")
+    add_parser("status", "components, their pids and the nodes")
+    add_parser("env", "print shell exports: eval $(kubeinfer cluster env)")
+    kill = add_parser("kill", "signal a runtime pod's process (default SIGKILL)")
     kill.add_argument("pod")
     kill.add_argument("-n", "--namespace", default="default")
     kill.add_argument("-c", "--container", default=None)
     kill.add_argument("--signal", default="KILL", help="signal name, e.g. TERM, KILL")
-    logs = sub.add_parser("logs", help="print a runtime pod's output (kubectl logs can't)")
+    logs = add_parser("logs", "print a runtime pod's output (kubectl logs can't)")
     logs.add_argument("pod")
     logs.add_argument("-n", "--namespace", default="default")
     logs.add_argument("-c", "--container", default=None)
     for name, text in (("node-down", "make a node NotReady and kill its pod processes"),
                        ("node-up", "bring a node taken down back")):  # fmt: skip
-        node = sub.add_parser(name, help=text)
+        node = add_parser(name, text)
         node.add_argument("node")
     return parser
 

@@ -181,6 +181,8 @@ class ContainerRunner:
             self._failures += 1
             await self._pause(self.ctx.backoff.delay(self._failures))
             return None
+        if self.stopping():
+            return None  # stopped while the environment was being prepared
         self.termination_log.unlink(missing_ok=True)
         self.termination_log.touch()
         started_at = now()
@@ -205,6 +207,9 @@ class ContainerRunner:
             self._finish(128, "StartError", str(error), started_at)
             return 128
         process = self._process
+        if self.stopping():
+            # stop() ran while the process was being created and could not see it.
+            signal_group(process.pid, signal.SIGKILL)
         self._record = records.ProcessRecord(
             self.ctx.namespace, self.ctx.pod, self.name, process.pid,
             records.process_start_ticks(process.pid),
