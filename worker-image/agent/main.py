@@ -26,7 +26,6 @@ from kubeinfer.worker.launcher import (
     local_model_fault,
 )
 from kubeinfer.worker.nvml import DeviceSelector, Gpu, GpuError, NvmlLibrary, select_device
-from kubeinfer.worker.process import agent_env
 from kubeinfer.worker.simnvml import SimulatedGpu
 
 log = logging.getLogger("kubeinfer.worker")
@@ -59,9 +58,9 @@ def _engine_command(
         command = build_simulated_command(
             config.model, config.simulator, config.host, config.port, control_fd=None
         )
-        return command, agent_env(env)
+        return command, dict(env)
     command = build_vllm_command(config.model, config.host, config.port)
-    return command, agent_env(build_vllm_env(env, config.model))
+    return command, build_vllm_env(env, config.model)
 
 
 def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:

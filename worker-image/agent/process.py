@@ -3,19 +3,26 @@
 The same for vLLM and the simulated engine. The engine's output goes to
 the agent's stderr (so `kubectl logs` shows it) and its last lines are
 kept, to explain an exit in the termination message.
+
+The engine runs in a session of its own: a SIGTERM (or a terminal's
+Ctrl-C) sent to the agent's whole process group must not reach vLLM,
+which would abort every running request instead of draining. It gets a
+parent-death signal instead, so it never outlives the agent.
 """
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 KEEP_LINES = 200
 # Longer lines (progress bars redrawn with \r) are cut for the record.
 MAX_LINE = 4096
@@ -50,6 +57,8 @@ class EngineChild:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             pass_fds=self._pass_fds,
+            start_new_session=True,
+            preexec_fn=_die_with_agent(os.getpid()),
         )
         assert self._process.stdout is not None
         self._pump = asyncio.create_task(self._copy_output(self._process.stdout))
@@ -101,9 +110,14 @@ class EngineChild:
             return await self._process.wait()
 
 
-def agent_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The engine's environment plus the agent's pid (the simulated engine
-    exits with its parent)."""
-    out = dict(env)
-    out["KUBEINFER_AGENT_PID"] = str(os.getpid())
-    return out
+def _die_with_agent(agent_pid: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL the engine when the agent dies, even by SIGKILL."""
+
+    def preexec() -> None:
+        # Runs in the child between fork and exec: keep it minimal.
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != agent_pid:
+            os._exit(1)  # the agent died before prctl took effect
+
+    return preexec

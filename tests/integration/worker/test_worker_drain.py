@@ -1,11 +1,13 @@
 """Drain on SIGTERM: not ready at once, in-flight requests finish, then the engine stops."""
 
 import json
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from worker_process import Worker, http, listening, wait_for
 
 
@@ -20,7 +22,14 @@ def last_chunk(raw: bytes) -> dict[str, Any]:
     return dict(json.loads(events[-3][6:]))
 
 
-def test_sigterm_drains_in_flight_requests(start_worker: Any) -> None:
+@pytest.mark.parametrize(
+    "to_group",
+    [
+        False,  # Kubernetes: SIGTERM to the container's PID 1, the agent
+        True,  # the local runtime and a terminal: the whole process group
+    ],
+)
+def test_sigterm_drains_in_flight_requests(start_worker: Any, to_group: bool) -> None:
     worker = start_worker(simulator={"ttftMs": 1, "tpotMs": 20}, args=("--drain-seconds", "20"))
     worker.wait_ready()
     url = worker.url + "/v1/completions"
@@ -32,7 +41,10 @@ def test_sigterm_drains_in_flight_requests(start_worker: Any) -> None:
         plain = [pool.submit(http, url, {"prompt": f"p{i}", "max_tokens": 60}) for i in range(3)]
         wait_for(lambda: engine_running(worker, 6), 10, "six requests to run")
         started = time.monotonic()
-        worker.process.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(worker.process.pid, signal.SIGTERM)
+        else:
+            worker.process.send_signal(signal.SIGTERM)
         # Not ready at once: routers and the kubelet stop sending new requests.
         wait_for(lambda: worker.ready()[0] == 503, 1, "/ready to answer 503")
         assert worker.ready()[1]["reason"] == "draining"

@@ -10,10 +10,11 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_process import TINY_MODEL, Worker, http, wait_for
+from worker_process import TINY_MODEL, Worker, http, listening, wait_for
 
 GPU_FAULT_EXIT = 4
 ENGINE_EXIT = 5
@@ -199,3 +200,23 @@ def test_start_up_failures(
     worker = start_worker(**options)
     assert worker.wait_exit(15) == code
     assert (worker.termination_message() or "").startswith(message)
+
+
+def test_engine_dies_with_the_agent(start_worker: Any) -> None:
+    # The engine has a session of its own (a group SIGTERM must not reach it
+    # before the drain), so only its parent-death signal ties it to the agent.
+    worker = start_worker()
+    worker.wait_ready()
+    engine = worker.engine_pid()
+    worker.process.send_signal(signal.SIGKILL)
+    worker.wait_exit(10)
+
+    def engine_gone() -> bool:
+        try:
+            os.kill(engine, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{engine}/stat").read_text().split()[2] == "Z"
+
+    wait_for(engine_gone, 10, "the engine to die with the agent")
+    assert not listening(worker.port)

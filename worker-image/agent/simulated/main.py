@@ -12,9 +12,7 @@ agent drains before it sends SIGTERM.
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import signal
 import socket
 import sys
@@ -31,22 +29,9 @@ from kubeinfer.worker.simulated.text import TokenSource
 
 log = logging.getLogger("kubeinfer.worker.simulated")
 
-ENV_AGENT_PID = "KUBEINFER_AGENT_PID"
 UTILIZATION_REPORT_SECONDS = 1.0
 # How long aborted requests get to write their last bytes before exit.
 ABORT_FLUSH_SECONDS = 2.0
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Exit when the agent dies, even by SIGKILL: no orphan holding the port."""
-    parent = os.environ.get(ENV_AGENT_PID)
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(parent):
-        os._exit(1)  # the agent died before prctl took effect
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,7 +132,6 @@ class EngineProcess:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _die_with_parent()
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s"
     )
