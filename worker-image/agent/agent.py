@@ -32,13 +32,14 @@ from kubeinfer.worker.failures import ExitCode, classify_engine_exit
 from kubeinfer.worker.faults import EngineFaults, FaultUpdate, apply_update
 from kubeinfer.worker.gpuhealth import ReadFailures, StuckDetector, ecc_fault, xid_fault
 from kubeinfer.worker.nvml import Gpu, GpuError, GpuLostError, GpuSnapshot, XidEvent
-from kubeinfer.worker.probe import EngineLoad, EngineProbe
+from kubeinfer.worker.probe import EngineLoad, EngineProbe, Health
 from kubeinfer.worker.process import EngineChild
 from kubeinfer.worker.simnvml import SimulatedGpu
 
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_SECONDS = 0.5
+HEALTH_FAILURES_NOT_READY = 3
 DRAIN_POLL_SECONDS = 0.1
 # The engine must have been idle this long before the drain ends: requests
 # sent by a router that has not yet seen /ready turn 503 still get served.
@@ -219,10 +220,16 @@ class Agent:
     # --- engine ---------------------------------------------------------------------
 
     async def _watch_health(self, probe: EngineProbe) -> None:
+        failures = 0
         while True:
-            healthy = await probe.healthy()
+            health = await probe.health()
             now = time.monotonic()
-            self.engine_healthy = healthy
+            healthy = health is Health.OK
+            # A busy vLLM may answer /health late: only a closed port, or
+            # several failures in a row, take the worker out of rotation.
+            failures = 0 if healthy else failures + 1
+            if healthy or health is Health.REFUSED or failures >= HEALTH_FAILURES_NOT_READY:
+                self.engine_healthy = healthy
             if self.phase is Phase.LOADING and healthy:
                 log.info("engine ready after %.1f s", now - self.phase_since)
                 self._set_phase(Phase.SERVING)

@@ -4,6 +4,7 @@ Works against vLLM and the simulated engine alike: both answer /health and
 export vllm:num_requests_running / vllm:num_requests_waiting.
 """
 
+import enum
 from dataclasses import dataclass
 
 import aiohttp
@@ -11,6 +12,12 @@ import aiohttp
 RUNNING = b"vllm:num_requests_running"
 WAITING = b"vllm:num_requests_waiting"
 FINISHED = b"vllm:request_success_total"
+
+
+class Health(enum.Enum):
+    OK = "ok"
+    REFUSED = "refused"  # nothing listens: loading, or gone
+    FAILED = "failed"  # an error status, a reset or a timeout: maybe just busy
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,18 @@ class EngineProbe:
         self.base = f"http://{bracketed}:{port}"
         self._session = session
 
-    async def healthy(self, timeout_s: float = 2.0) -> bool:
-        """True when /health answers 200; False when it refuses, fails or times out."""
+    async def health(self, timeout_s: float = 2.0) -> Health:
+        """What /health says: OK, REFUSED (nothing listens) or FAILED (error, timeout)."""
         try:
             async with self._session.get(
                 self.base + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
                 await response.read()
-                return response.status == 200
+                return Health.OK if response.status == 200 else Health.FAILED
+        except aiohttp.ClientConnectorError:
+            return Health.REFUSED
         except (TimeoutError, aiohttp.ClientError, OSError):
-            return False
+            return Health.FAILED
 
     async def load(self, timeout_s: float = 2.0) -> EngineLoad | None:
         """Running, waiting and finished requests; None when /metrics does not answer."""

@@ -1,9 +1,13 @@
 """Reading vLLM's load gauges from /metrics (what the drain waits on)."""
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
-from kubeinfer.worker.probe import EngineLoad, parse_engine_load
+from aiohttp import web
+from kubeinfer.worker.probe import EngineLoad, EngineProbe, Health, parse_engine_load
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "vllm-0.32.0"
 
@@ -38,3 +42,31 @@ def test_recorded_vllm_metrics() -> None:
 )
 def test_parse(text: bytes, expected: EngineLoad) -> None:
     assert parse_engine_load(text) == expected
+
+
+class TestHealth:
+    """/health as the agent sees it, against real in-process servers."""
+
+    async def probe(self, server: Any, **kwargs: Any) -> Health:
+        async with aiohttp.ClientSession() as session:
+            return await EngineProbe(session, server.host, server.port).health(**kwargs)
+
+    @pytest.mark.parametrize(("status", "expected"), [(200, Health.OK), (503, Health.FAILED)])
+    async def test_status(self, aiohttp_raw_server: Any, status: int, expected: Health) -> None:
+        async def handler(request: web.BaseRequest) -> web.Response:
+            return web.Response(status=status)
+
+        assert await self.probe(await aiohttp_raw_server(handler)) is expected
+
+    async def test_slow_answer_is_a_failure_not_a_refusal(self, aiohttp_raw_server: Any) -> None:
+        async def handler(request: web.BaseRequest) -> web.Response:
+            await asyncio.sleep(1)
+            return web.Response()
+
+        server = await aiohttp_raw_server(handler)
+        assert await self.probe(server, timeout_s=0.05) is Health.FAILED
+
+    async def test_nothing_listening(self, unused_tcp_port: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            probe = EngineProbe(session, "127.0.0.1", unused_tcp_port)
+            assert await probe.health() is Health.REFUSED
