@@ -1,0 +1,75 @@
+"""The agent's endpoints in-process (the full life is in tests/integration/worker)."""
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from kubeinfer.worker.agent import Agent, Phase
+from kubeinfer.worker.agenthttp import agent_app
+from kubeinfer.worker.config import parse_worker_args
+from kubeinfer.worker.nvml import DeviceSelector, Gpu
+from kubeinfer.worker.simnvml import SimulatedGpu
+
+MODEL = '{"name": "m", "source": "org/m"}'
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> Callable[[str], Awaitable[tuple[Agent, Client]]]:
+    async def make(engine: str) -> tuple[Agent, Client]:
+        config = parse_worker_args(["--engine", engine, "--model-spec", MODEL], {})
+        simulated = SimulatedGpu()
+        gpu = Gpu.open(simulated, DeviceSelector())
+        agent = Agent(config, gpu, gpu.snapshot(time.time()), ["engine"], {}, simulated)
+        return agent, await aiohttp_client(agent_app(agent))
+
+    return make
+
+
+async def test_ready_follows_the_phase(make_client: Any) -> None:
+    agent, client = await make_client("simulated")
+    response = await client.get("/ready")
+    assert response.status == 503
+    assert await response.json() == {"ready": False, "phase": "starting", "reason": "starting"}
+    agent.phase, agent.engine_healthy = Phase.SERVING, True
+    assert (await client.get("/ready")).status == 200
+    agent.gpu_fault = "GPU lost: Xid 79 (GPU has fallen off the bus)"
+    response = await client.get("/ready")
+    assert response.status == 503
+    assert (await response.json())["reason"] == agent.gpu_fault
+    assert (await client.get("/live")).status == 200
+
+
+async def test_gpu_and_metrics(make_client: Any) -> None:
+    agent, client = await make_client("simulated")
+    agent.xid_counts[13] += 1
+    gpu = await (await client.get("/gpu")).json()
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3 (simulated)"
+    assert gpu["memoryTotalBytes"] == 80 * 1024**3
+    assert gpu["xidEvents"] == {"13": 1}
+    text = await (await client.get("/metrics")).text()
+    for name in (
+        "kubeinfer_worker_ready 0.0",
+        'kubeinfer_worker_phase{phase="starting"} 1.0',
+        "kubeinfer_gpu_memory_total_bytes{",
+        "kubeinfer_gpu_temperature_celsius{",
+        "kubeinfer_gpu_power_watts{",
+        'kubeinfer_gpu_ecc_errors_total{gpu="',
+        'xid="13"} 1.0',
+    ):
+        assert name in text
+
+
+async def test_faults_only_for_the_simulated_engine(make_client: Any) -> None:
+    _, vllm = await make_client("vllm")
+    assert (await vllm.get("/admin/faults")).status == 404
+    assert (await vllm.post("/admin/faults", json={"errorRate": 1})).status == 404
+    agent, simulated = await make_client("simulated")
+    response = await simulated.post("/admin/faults", json={"errorRate": 0.5, "hang": True})
+    assert response.status == 200
+    assert (await response.json())["errorRate"] == 0.5
+    assert agent.engine_faults.hang is True
