@@ -88,7 +88,7 @@ async def test_stream_and_non_stream_agree(make_sim: Make) -> None:
 
 
 async def test_batch_slots_and_queue(make_sim: Make) -> None:
-    sim = await make_sim(maxNumSeqs=2, tpotMs=20)
+    sim = await make_sim(maxNumSeqs=2, tpotMs=50)
     requests = [asyncio.create_task(sim.complete(max_tokens=10)) for _ in range(5)]
     await until(lambda: sim.engine.running == 2 and sim.engine.waiting == 3)
     assert sim.engine.kv_usage() > 0
@@ -96,7 +96,7 @@ async def test_batch_slots_and_queue(make_sim: Make) -> None:
     assert all(status == 200 for status, _ in results)
     assert (sim.engine.running, sim.engine.waiting, sim.engine.kv_tokens) == (0, 0, 0)
     metrics = sim.engine.metrics
-    # Three waves of ~0.18 s: the later requests queued.
+    # Three waves of ~0.45 s: the later requests queued.
     assert metrics.queue_time.total > 0.2
     assert metrics.finished["length"] == 5
 
@@ -109,7 +109,7 @@ async def test_service_time(make_sim: Make) -> None:
     status, _ = await sim.complete("x" * 40, max_tokens=10)
     elapsed = loop.time() - started
     assert status == 200
-    assert 0.14 <= elapsed < 1.0
+    assert 0.14 <= elapsed < 3.0  # generous: a busy machine only adds
     assert sim.engine.metrics.ttft.total == pytest.approx(0.06, abs=0.03)
 
 
