@@ -15,9 +15,14 @@ def main(argv: list[str] | None = None) -> int:
         from kubeinfer.localcluster.cli import main as cluster_main
 
         return cluster_main(args[1:])
+    if args and args[0] == "demo":
+        from kubeinfer.localcluster.demo import main as demo_main
+
+        return demo_main(args[1:])
     parser = argparse.ArgumentParser(prog="kubeinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("cluster", help="the local control plane: up|down|status|env|build")
+    sub.add_parser("demo", help="the whole product on the local control plane (make demo)")
     crds = sub.add_parser("crds", help="write the CRD YAML generated from the API models")
     crds.add_argument("--out", default="crds/", help="folder to write into")
     docs = sub.add_parser("docs", help="write the API field reference generated from the models")

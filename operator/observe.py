@@ -17,6 +17,9 @@ ANNOTATION_REPLACES = f"{c.GROUP}/replaces"
 # Termination messages the worker writes for faults of the GPU itself:
 # restarting on the same GPU can't help, the pod must move.
 GPU_FAULT_PREFIXES = ("GPU lost", "GPU fault", "GPU error", "GPU ECC", "GPU Xid")
+# With terminationMessagePolicy FallbackToLogsOnError the message can be
+# the tail of the logs; status shows its last line, shortened.
+MAX_REASON_CHARS = 200
 
 
 def parse_time(value: str | None) -> float | None:
@@ -90,8 +93,9 @@ def _last_termination(status: dict[str, Any]) -> tuple[str | None, int | None]:
         for state_key in ("state", "lastState"):
             terminated = (cs.get(state_key) or {}).get("terminated")
             if terminated:
-                message = (terminated.get("message") or "").strip() or None
-                return message, terminated.get("exitCode")
+                lines = (terminated.get("message") or "").strip().splitlines()
+                message = lines[-1].strip()[:MAX_REASON_CHARS] if lines else None
+                return message or None, terminated.get("exitCode")
     return None, None
 
 

@@ -10,14 +10,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
@@ -30,10 +26,10 @@ from kubeinfer.localcluster.operator_fixtures import (
     worker_pods,
 )
 from kubeinfer.localcluster.state import ClusterState
+from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for
 
 pytestmark = pytest.mark.cluster
-MAX_REQUESTS_PER_CLIENT = 3000
 
 
 def service(name: str, replicas: int = 2, **simulator: Any) -> dict[str, Any]:
@@ -65,71 +61,12 @@ def apply(kube: KubeClient, namespace: str, body: dict[str, Any]) -> None:
     kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
 
 
-@dataclass
-class Load:
-    """Steady traffic from a few OpenAI clients; counts every outcome."""
-
-    base_url: str
-    clients: int = 4
-    stream_every: int = 4  # every 4th request streams
-    outcomes: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def _client(self, index: int) -> None:
-        client = openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0, timeout=20
-        )
-        try:
-            for n in range(MAX_REQUESTS_PER_CLIENT):
-                if self._stop.is_set():
-                    return
-                try:
-                    if n % self.stream_every == 0:
-                        stream = await client.chat.completions.create(
-                            model="sim-model",
-                            messages=[{"role": "user", "content": f"hello {index} {n}"}],
-                            max_tokens=6,
-                            stream=True,
-                        )
-                        finish = None
-                        async for chunk in stream:
-                            if chunk.choices and chunk.choices[0].finish_reason:
-                                finish = chunk.choices[0].finish_reason
-                        assert finish in ("length", "stop"), f"stream ended with {finish}"
-                        self.outcomes["stream-ok"] += 1
-                    else:
-                        answer = await client.completions.create(
-                            model="sim-model", prompt=f"hello {index} {n}", max_tokens=6
-                        )
-                        assert answer.choices[0].text
-                        self.outcomes["ok"] += 1
-                except (openai.APIError, AssertionError) as error:
-                    self.outcomes["failed"] += 1
-                    self.failures.append(repr(error)[:300])
-                await asyncio.sleep(0.02)
-        finally:
-            await client.close()
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator["Load"]:
-        tasks = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            await asyncio.gather(*tasks)
-
-    def total(self) -> int:
-        return sum(self.outcomes.values())
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+async def until(check: Callable[[], Any], within: float, what: str) -> Any:
     async def probe() -> Any:
         return await asyncio.to_thread(check)
 
     poll: Callable[[], Awaitable[Any]] = probe
-    return await async_wait_for(poll, timeout, interval=0.3, what=what)
+    return await async_wait_for(poll, within, interval=0.3, what=what)
 
 
 def rollout_phase(kube: KubeClient, namespace: str, name: str) -> str:
@@ -142,7 +79,7 @@ async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requ
     apply(kube, namespace, service("llm"))
     wait_condition(kube, namespace, "llm", "Ready", timeout=90)
     stable = get_isvc(kube, namespace, "llm")["status"]["stableRevision"]
-    load = Load(router_url(kube, namespace, "llm"))
+    load = Load(router_url(kube, namespace, "llm"), "sim-model")
     async with load.running():
         await until(lambda: load.total() >= 20, 30, "traffic to flow")
         # A canary whose engine fails 60 % of requests: analysis catches it
@@ -197,7 +134,7 @@ async def test_killed_worker_costs_no_request(
 ) -> None:
     apply(kube, namespace, service("sturdy", replicas=3))
     wait_condition(kube, namespace, "sturdy", "Ready", timeout=90)
-    load = Load(router_url(kube, namespace, "sturdy"), stream_every=1_000_000)
+    load = Load(router_url(kube, namespace, "sturdy"), "sim-model", stream_every=1_000_000)
     async with load.running():
         await until(lambda: load.total() >= 30, 30, "traffic to flow")
         victim = worker_pods(kube, namespace, "sturdy")[0]["metadata"]["name"]
@@ -213,7 +150,7 @@ async def test_operator_killed_mid_rollout_continues_without_duplicates(
 ) -> None:
     apply(kube, namespace, service("resume", replicas=2))
     wait_condition(kube, namespace, "resume", "Ready", timeout=90)
-    load = Load(router_url(kube, namespace, "resume"), clients=2)
+    load = Load(router_url(kube, namespace, "resume"), "sim-model", clients=2)
     async with load.running():
         apply(kube, namespace, service("resume", tpotMs=0.5))
         await until(
@@ -256,7 +193,8 @@ async def test_manual_pause_promote_abort_and_undo(
     annotations = get_isvc(kube, namespace, "manual")["metadata"].get("annotations") or {}
     assert "kubeinfer.io/rollout" not in annotations
     # Undo restores the first revision's spec; it rolls out like any change.
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [
             str(Path(sys.executable).parent / "kubeinfer"),
             "rollout",
