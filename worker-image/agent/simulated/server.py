@@ -6,6 +6,7 @@
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -344,11 +345,10 @@ class EngineServer:
                 engine.release_slot(tracked)
         except RequestAbortedError as aborted:
             engine.metrics.finished["abort"] += 1
-            if aborted.reason == "dead":
-                await response.write(r.stream_error(r.ENGINE_DEAD_BODY))
-            else:
-                await response.write(pieces.abort + r.DONE)
-            await response.write_eof()
+            last = r.stream_error(r.ENGINE_DEAD_BODY) if aborted.reason == "dead" else None
+            with contextlib.suppress(ConnectionError):  # the client may be gone too
+                await response.write(last or pieces.abort + r.DONE)
+                await response.write_eof()
             return response
         except ConnectionError:
             engine.metrics.finished["abort"] += 1
