@@ -345,9 +345,12 @@ class EngineServer:
                 engine.release_slot(tracked)
         except RequestAbortedError as aborted:
             engine.metrics.finished["abort"] += 1
-            last = r.stream_error(r.ENGINE_DEAD_BODY) if aborted.reason == "dead" else None
+            if aborted.reason == "dead":
+                ending = r.stream_error(r.ENGINE_DEAD_BODY)
+            else:
+                ending = pieces.abort + r.DONE
             with contextlib.suppress(ConnectionError):  # the client may be gone too
-                await response.write(last or pieces.abort + r.DONE)
+                await response.write(ending)
                 await response.write_eof()
             return response
         except ConnectionError:
