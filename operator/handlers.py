@@ -16,6 +16,7 @@ import aiohttp
 import kopf
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.kube import KubeClient
+from kubeinfer.operator.metrics import EVENTS, RECONCILE_SECONDS, RECONCILES
 from kubeinfer.operator.observe import NodeInfo, PodInfo, observe_node, observe_pod
 from kubeinfer.operator.plan import Event
 from kubeinfer.operator.reconciler import OperatorContext, reconcile
@@ -102,6 +103,7 @@ async def reconcile_inference_service(
     wake = _wakeup(memo, key)
 
     def emit(_: dict[str, Any], event: Event) -> None:
+        EVENTS.labels(event.reason).inc()
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
     while not stopped:
@@ -109,8 +111,11 @@ async def reconcile_inference_service(
         nodes = {n: info for n, store in nodes_by_name.items() for info in store}
         pods = list(pods_by_service.get(key, []))
         try:
-            delay = await reconcile(ctx, dict(body), pods=pods, nodes=nodes, emit=emit)
+            with RECONCILE_SECONDS.time():
+                delay = await reconcile(ctx, dict(body), pods=pods, nodes=nodes, emit=emit)
+            RECONCILES.labels("ok").inc()
         except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            RECONCILES.labels("error").inc()
             # The API server or a router hiccuped; the next pass starts
             # from what is observed then, so nothing is lost by retrying.
             logger.warning("%s/%s: reconcile failed, retrying: %s", namespace, name, error)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 import kopf
+import prometheus_client
 import uvloop
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.builders.common import Images
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reconcile every InferenceService at least this often",
     )
     parser.add_argument("--health-port", type=int, default=8080, help="serves /healthz")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="serves /metrics (0: off)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from kubeinfer.operator import handlers  # noqa: F401
 
     host = os.environ.get(c.ENV_BIND_HOST, "0.0.0.0")
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port, addr=host)
     options = Options(
         images=Images(worker=args.worker_image, router=args.router_image),
         resync_seconds=args.resync_seconds,

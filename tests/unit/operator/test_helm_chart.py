@@ -242,7 +242,7 @@ class TestDeployment:
 
     def test_probes_use_healthz_on_the_health_port(self, render: Render) -> None:
         ctr = operator_container(render({"operator": {"healthPort": 9000}}))
-        assert ctr["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+        assert ctr["ports"][0] == {"name": "http", "containerPort": 9000, "protocol": "TCP"}
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert "--health-port=9000" in ctr["args"]
@@ -275,6 +275,7 @@ class TestDeployment:
             f"--router-image={c.IMAGE_REPOSITORY_ROUTER}:{tag}",
             "--resync-seconds=2",
             "--health-port=8080",
+            "--metrics-port=9090",
         ]
 
     def test_images_and_flags_from_values(self, render: Render) -> None:
@@ -309,8 +310,10 @@ class TestMetrics:
         labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items()
         assert service["spec"]["ports"] == [
-            {"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+            {"name": "http-metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
         ]
+        ports = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in ports
 
     def test_service_monitor_is_off_by_default(self, render: Render) -> None:
         assert "ServiceMonitor" not in {obj["kind"] for obj in render()}
