@@ -47,6 +47,8 @@ class InternalConnection(ClientConnection):
 
 
 class Router(Handler):
+    loop: asyncio.AbstractEventLoop  # set by start()
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
@@ -108,8 +110,9 @@ class Router(Handler):
                 self._plain(conn, req, 404, f"The model `{inf.model}` does not exist. "
                                             f"Valid models: {table.model}.", "model")
                 return None
-            return asyncio.get_running_loop().create_task(
-                proxy_inference(self, conn, req, inf, table))
+            # The loop is cached: asyncio.get_running_loop() costs a getpid()
+            # system call, and this is the per-request path.
+            return self.loop.create_task(proxy_inference(self, conn, req, inf, table))
         if req.method == b"GET":
             if path == b"/healthz":
                 conn.respond(200, b'{"status":"ok"}')
@@ -123,7 +126,7 @@ class Router(Handler):
                     return None
             elif path in (b"/metrics", b"/debug/backends"):
                 if self.settings.processes > 1:
-                    return asyncio.get_running_loop().create_task(self._pod_view(conn, path))
+                    return self.loop.create_task(self._pod_view(conn, path))
                 self._answer_view(conn, path, self.snapshot())
             elif path == b"/internal/snapshot" and getattr(conn, "internal", False):
                 conn.respond(200, json.dumps(self.snapshot()).encode())
@@ -281,7 +284,7 @@ class Router(Handler):
 
     async def start(self) -> int:
         """Listen and start background work; returns the bound TCP port."""
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         s = self.settings
         server = await loop.create_server(
             lambda: ClientConnection(self), s.host, s.port, backlog=4096,

@@ -88,8 +88,8 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
         key = affinity_key(inf, req.session_id, table.prefix_length)
     r.budget.deposit()
     ctx = Ctx()
-    deadline = asyncio.get_running_loop().call_later(table.request_timeout_seconds,
-                                                     conn.on_deadline)
+    loop = r.loop
+    deadline = loop.call_later(table.request_timeout_seconds, conn.on_deadline)
     tried: list[str] = []
     failure: Failure | None = None
     try:
@@ -180,7 +180,7 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
     try:
         try:
             ex = await b.conns.send(head, body, stream_mode=inf.stream,
-                                    connect_timeout=table.connect_timeout_seconds)
+                                    connect_timeout=table.connect_timeout_seconds, loop=r.loop)
             if inf.stream and ex.status == 200:
                 await _stream(r, conn, b, ex, ctx, t0)
                 return None

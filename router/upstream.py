@@ -63,7 +63,8 @@ class Exchange:
         "stream_mode",
     )
 
-    def __init__(self, pool: UpstreamPool, conn: UpstreamConnection, stream_mode: bool) -> None:
+    def __init__(self, pool: UpstreamPool, conn: UpstreamConnection, stream_mode: bool,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.conn = conn
         self.stream_mode = stream_mode
@@ -78,7 +79,6 @@ class Exchange:
         self.started = time.monotonic()
         self.headers_at: float | None = None
         self.first_body_at: float | None = None
-        loop = asyncio.get_running_loop()
         self._fut: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] | None = None
 
@@ -140,8 +140,7 @@ class Exchange:
             sink(chunk)
         self.body = []
         self.sink = sink
-        loop = asyncio.get_running_loop()
-        self._done = done = loop.create_future()
+        self._done = done = self._fut.get_loop().create_future()
         if self.error is not None:
             done.set_exception(self.error)
         elif self.complete:
@@ -150,8 +149,7 @@ class Exchange:
 
     def read_rest(self) -> asyncio.Future[None]:
         """In stream mode, wait for the rest of a body that will be buffered."""
-        loop = asyncio.get_running_loop()
-        self._done = done = loop.create_future()
+        self._done = done = self._fut.get_loop().create_future()
         if self.error is not None:
             done.set_exception(self.error)
         elif self.complete:
@@ -342,8 +340,7 @@ class UpstreamPool:
             ex.conn.abort()
         return len(victims)
 
-    async def connect(self, limit: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
+    async def connect(self, limit: float, loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
         try:
             async with asyncio.timeout(limit):
                 _, proto = await loop.create_connection(
@@ -355,7 +352,7 @@ class UpstreamPool:
         return proto
 
     async def send(self, head: bytes, body: bytes, *, stream_mode: bool,
-                   connect_timeout: float) -> Exchange:
+                   connect_timeout: float, loop: asyncio.AbstractEventLoop) -> Exchange:
         """Send one request; returns once the head (stream mode) or all of the
         response (buffer mode) is in. Raises `UpstreamError`.
 
@@ -368,7 +365,7 @@ class UpstreamPool:
             self.last_progress = time.monotonic()
         conn = self.take_idle()
         if conn is not None:
-            ex = Exchange(self, conn, stream_mode)
+            ex = Exchange(self, conn, stream_mode, loop)
             self.active.add(ex)
             conn.start(ex, head, body)
             try:
@@ -380,8 +377,8 @@ class UpstreamPool:
             except BaseException:
                 ex.abandon()
                 raise
-        conn = await self.connect(connect_timeout)
-        ex = Exchange(self, conn, stream_mode)
+        conn = await self.connect(connect_timeout, loop)
+        ex = Exchange(self, conn, stream_mode, loop)
         self.active.add(ex)
         conn.start(ex, head, body)
         try:
