@@ -28,7 +28,10 @@ Key = tuple[str, str]
 
 
 def _wakeup(memo: Any, key: Key) -> asyncio.Event:
-    wakeups: dict[Key, asyncio.Event] = memo.setdefault("wakeups", {})
+    # kopf hands every object a shallow copy of the operator's memo, so the
+    # dict must be in that memo before any object is seen (on startup) for a
+    # pod's handler and its service's daemon to share it.
+    wakeups: dict[Key, asyncio.Event] = memo["wakeups"]
     return wakeups.setdefault(key, asyncio.Event())
 
 
@@ -43,6 +46,7 @@ async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    memo["wakeups"] = {}
     options = memo["options"]
     memo["ctx"] = OperatorContext(
         kube=await KubeClient.connect(),
@@ -76,12 +80,18 @@ def nodes_by_name(*, name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo
     labels={c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SERVICE: kopf.PRESENT},
     id="wake-on-pod",
 )
-def on_pod_event(*, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+async def on_pod_event(
+    *, namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    # async: kopf runs sync handlers in a thread pool, and asyncio.Event
+    # may only be set from the event loop's thread.
     _wakeup(memo, (namespace or "", labels[c.LABEL_SERVICE])).set()
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="wake-on-change")
-def on_inference_service_event(*, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def on_inference_service_event(
+    *, name: str, namespace: str | None, memo: Any, **_: Any
+) -> None:
     _wakeup(memo, (namespace or "", name)).set()
 
 
