@@ -1,0 +1,77 @@
+"""The generated CRD on a real API server: examples accepted, bad specs
+rejected with the message a person reads, defaults applied."""
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubeinfer.localcluster.client import KubeClient
+
+pytestmark = pytest.mark.cluster
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def dry_run(kube: KubeClient, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+    out = kube.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-o",
+        "yaml",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(obj),
+    )
+    result: dict[str, Any] = yaml.safe_load(out)
+    return result
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_accepted(
+    kube: KubeClient, namespace: str, operator_identity: Path, path: Path
+) -> None:
+    obj = yaml.safe_load(path.read_text())
+    obj["metadata"].pop("namespace", None)
+    stored = dry_run(kube, namespace, obj)
+    assert stored["spec"]["model"] == {**stored["spec"]["model"], **obj["spec"]["model"]}
+
+
+def test_server_applies_defaults(kube: KubeClient, namespace: str, operator_identity: Path) -> None:
+    stored = dry_run(kube, namespace, yaml.safe_load((EXAMPLES / "minimal.yaml").read_text()))
+    assert stored["spec"]["replicas"] == 1
+
+
+BAD = [
+    ({"replicas": -1}, "spec.replicas: Invalid value: -1"),
+    ({"rollout": {"steps": [10, 50]}}, "rollout.steps must end with 100"),
+    ({"rollout": {"steps": [50, 10, 100]}}, "rollout.steps must be strictly ascending"),
+    ({"rollout": {"steps": [0, 100]}}, "rollout.steps must be between 1 and 100"),
+    ({"replicas": 2, "rollout": {"maxSurge": 3}}, "rollout.maxSurge must not exceed replicas"),
+    (
+        {"routing": {"strategy": "random"}},
+        'supported values: "round-robin", "least-loaded", "weighted", "prefix-affinity"',
+    ),
+    ({"gpu": {"placement": "scatter"}}, 'supported values: "spread", "pack", "largest-first"'),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD, ids=[m for _, m in BAD])
+def test_invalid_specs_are_rejected_with_a_clear_message(
+    kube: KubeClient, namespace: str, operator_identity: Path, change: dict[str, Any], message: str
+) -> None:
+    obj = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
+    obj["spec"].update(change)
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        dry_run(kube, namespace, obj)
+    assert message in caught.value.stderr
+
+
+def test_long_names_are_rejected(kube: KubeClient, namespace: str, operator_identity: Path) -> None:
+    obj = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
+    obj["metadata"]["name"] = "x" * 41
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        dry_run(kube, namespace, obj)
+    assert "metadata.name must be at most 40 characters" in caught.value.stderr
