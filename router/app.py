@@ -217,10 +217,10 @@ class Router(Handler):
         """Book one attempt on ``b``; failures feed passive ejection."""
         now = time.monotonic()
         self.pool.record_attempt(b, status, error, latency, ttft, now)
+        if status == "cancelled":
+            return  # the client left: says nothing about the backend
         if not error:
             b.record_success()
-            return
-        if status == "cancelled":
             return
         if b.record_failure(now, self.settings.ejection):
             self.count("ejections", f"{b.name}|{status}")

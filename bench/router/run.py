@@ -410,7 +410,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         log("wrk not found: apt-get install wrk (or run with --install)")
         return 2
-    lat_s, sat_s, scale_s, streams = (1, 1, 1, 10) if a.quick else (3, 4, 3, 40)
+    lat_s, sat_s, scale_s, streams = (1, 1, 1, 10) if a.quick else (3, 4, 5, 40)
     all_targets: dict[str, Target] = {t.name: t for t in (Direct(), Kubeinfer(), VllmRouter(),
                                                           Nginx())}
     targets: list[Target] = []
