@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.failures import kill_pod
 from kubeinfer.localcluster.operator_fixtures import (
     OperatorProcess,
+    apply_isvc,
     get_isvc,
     router_url,
+    simulated_service,
     wait_condition,
     worker_pods,
 )
@@ -33,32 +34,13 @@ pytestmark = pytest.mark.cluster
 
 
 def service(name: str, replicas: int = 2, **simulator: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubeinfer.io/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "sim-model", "source": "simulated/sim-1b"},
-            "replicas": replicas,
-            "routing": {"routerReplicas": 1, "retries": 3},
-            "rollout": {
-                "steps": [50, 100],
-                "stepIntervalSeconds": 3,
-                "maxSurge": 1,
-                "analysis": {"minRequests": 10, "maxErrorRate": 0.05},
-            },
-            "worker": {
-                "engine": "simulated",
-                "resources": {"cpu": "100m", "memory": "128Mi"},
-                "simulator": {"ttftMs": 2, "tpotMs": 1, **simulator},
-                "drainSeconds": 5,
-            },
-        },
-    }
-
-
-def apply(kube: KubeClient, namespace: str, body: dict[str, Any]) -> None:
-    kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
+    return simulated_service(
+        name,
+        replicas,
+        routing={"retries": 3},
+        rollout={"stepIntervalSeconds": 3, "analysis": {"minRequests": 10, "maxErrorRate": 0.05}},
+        worker={"simulator": simulator, "drainSeconds": 5},
+    )
 
 
 async def until(check: Callable[[], Any], within: float, what: str) -> Any:
@@ -76,7 +58,7 @@ def rollout_phase(kube: KubeClient, namespace: str, name: str) -> str:
 async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requests(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    apply(kube, namespace, service("llm"))
+    apply_isvc(kube, namespace, service("llm"))
     wait_condition(kube, namespace, "llm", "Ready", timeout=90)
     stable = get_isvc(kube, namespace, "llm")["status"]["stableRevision"]
     load = Load(router_url(kube, namespace, "llm"), "sim-model")
@@ -85,7 +67,7 @@ async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requ
         # A canary whose engine fails 60 % of requests: analysis catches it
         # and the operator rolls back, while the router retries every failed
         # attempt on a stable worker.
-        apply(kube, namespace, service("llm", errorRate=0.6))
+        apply_isvc(kube, namespace, service("llm", errorRate=0.6))
         await until(
             lambda: rollout_phase(kube, namespace, "llm") == "Failed", 90, "the automatic rollback"
         )
@@ -101,7 +83,7 @@ async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requ
             "the canary pods to be gone",
         )
         # A good revision (faster engine): promoted step by step.
-        apply(kube, namespace, service("llm", tpotMs=0.5))
+        apply_isvc(kube, namespace, service("llm", tpotMs=0.5))
         good = await until(
             lambda: (
                 (s := get_isvc(kube, namespace, "llm")["status"]).get("stableRevision") != stable
@@ -132,7 +114,7 @@ async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requ
 async def test_killed_worker_costs_no_request(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
 ) -> None:
-    apply(kube, namespace, service("sturdy", replicas=3))
+    apply_isvc(kube, namespace, service("sturdy", replicas=3))
     wait_condition(kube, namespace, "sturdy", "Ready", timeout=90)
     load = Load(router_url(kube, namespace, "sturdy"), "sim-model", stream_every=1_000_000)
     async with load.running():
@@ -148,11 +130,11 @@ async def test_killed_worker_costs_no_request(
 async def test_operator_killed_mid_rollout_continues_without_duplicates(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    apply(kube, namespace, service("resume", replicas=2))
+    apply_isvc(kube, namespace, service("resume", replicas=2))
     wait_condition(kube, namespace, "resume", "Ready", timeout=90)
     load = Load(router_url(kube, namespace, "resume"), "sim-model", clients=2)
     async with load.running():
-        apply(kube, namespace, service("resume", tpotMs=0.5))
+        apply_isvc(kube, namespace, service("resume", tpotMs=0.5))
         await until(
             lambda: rollout_phase(kube, namespace, "resume") == "Analysing", 60, "the first step"
         )
@@ -172,11 +154,11 @@ async def test_operator_killed_mid_rollout_continues_without_duplicates(
 async def test_manual_pause_promote_abort_and_undo(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
 ) -> None:
-    apply(kube, namespace, service("manual", replicas=2))
+    apply_isvc(kube, namespace, service("manual", replicas=2))
     wait_condition(kube, namespace, "manual", "Ready", timeout=90)
     first = get_isvc(kube, namespace, "manual")["status"]["stableRevision"]
     kube.kubectl("annotate", "-n", namespace, "infsvc/manual", "kubeinfer.io/rollout=pause")
-    apply(kube, namespace, service("manual", tpotMs=0.5))
+    apply_isvc(kube, namespace, service("manual", tpotMs=0.5))
     await until(lambda: rollout_phase(kube, namespace, "manual") == "Paused", 60, "the pause")
     kube.kubectl(
         "annotate", "-n", namespace, "infsvc/manual", "kubeinfer.io/rollout=promote", "--overwrite"

@@ -157,6 +157,46 @@ def running_operator(
         sys.stderr.write(f"\n[operator] log: {handle.log}\n")
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both_dicts else value
+    return out
+
+
+def simulated_service(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    """An InferenceService on the simulated engine, quick to roll out;
+    ``spec`` sections are merged in (nested dicts deeply)."""
+    base: dict[str, Any] = {
+        "model": {"name": "sim-model", "source": "simulated/sim-1b"},
+        "replicas": replicas,
+        "routing": {"routerReplicas": 1},
+        "rollout": {
+            "steps": [50, 100],
+            "stepIntervalSeconds": 2,
+            "maxSurge": 1,
+            "analysis": {"minRequests": 5},
+        },
+        "worker": {
+            "engine": "simulated",
+            "resources": {"cpu": "100m", "memory": "128Mi"},
+            "simulator": {"ttftMs": 2, "tpotMs": 1},
+            "drainSeconds": 3,
+        },
+    }
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "metadata": {"name": name},
+        "spec": _merge(base, spec),
+    }
+
+
+def apply_isvc(kube: KubeClient, namespace: str, body: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
+
+
 def get_isvc(kube: KubeClient, namespace: str, name: str) -> dict[str, Any]:
     result: dict[str, Any] = kube.get(isvc_path(namespace, name))
     return result

@@ -11,17 +11,17 @@ import signal
 import subprocess
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.failures import kill_pod
 from kubeinfer.localcluster.operator_fixtures import (
     OperatorProcess,
+    apply_isvc,
     get_isvc,
     isvc_path,
     router_url,
+    simulated_service,
     wait_condition,
     worker_pods,
 )
@@ -29,40 +29,6 @@ from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-def simulated(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "kubeinfer.io/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "sim-model", "source": "simulated/sim-1b"},
-            "replicas": replicas,
-            "routing": {"routerReplicas": 1},
-            "rollout": {
-                "steps": [50, 100],
-                "stepIntervalSeconds": 2,
-                "maxSurge": 1,
-                "analysis": {"minRequests": 5},
-            },
-            "worker": {
-                "engine": "simulated",
-                "resources": {"cpu": "100m", "memory": "128Mi"},
-                "simulator": {"ttftMs": 2, "tpotMs": 1},
-                "drainSeconds": 3,
-            },
-        },
-    }
-    for key, value in spec.items():
-        body["spec"][key] = (
-            {**body["spec"].get(key, {}), **value} if isinstance(value, dict) else value
-        )
-    return body
-
-
-def apply(kube: KubeClient, namespace: str, body: dict[str, Any]) -> None:
-    kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
 
 
 def complete(base: str, n: int = 1) -> list[int]:
@@ -84,7 +50,7 @@ def complete(base: str, n: int = 1) -> list[int]:
 def test_apply_serves_through_the_router(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    apply(kube, namespace, simulated("chat", replicas=2))
+    apply_isvc(kube, namespace, simulated_service("chat", replicas=2))
     # `kubectl wait` works on the Ready condition.
     kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", "infsvc/chat")
     obj = get_isvc(kube, namespace, "chat")
@@ -117,7 +83,7 @@ def test_apply_serves_through_the_router(
 def test_killed_worker_comes_back_into_rotation(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
 ) -> None:
-    apply(kube, namespace, simulated("heal", replicas=2))
+    apply_isvc(kube, namespace, simulated_service("heal", replicas=2))
     wait_condition(kube, namespace, "heal", "Ready", timeout=90)
     victim = worker_pods(kube, namespace, "heal")[0]["metadata"]["name"]
     kill_pod(Path(local_cluster.root), namespace, victim, sig=signal.SIGKILL)
@@ -139,8 +105,10 @@ def test_killed_worker_comes_back_into_rotation(
 def test_gpu_fault_replaces_the_pod_and_says_why(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    body = simulated("faulty", replicas=1, worker={"simulator": {"gpuFaultAfterRequests": 3}})
-    apply(kube, namespace, body)
+    body = simulated_service(
+        "faulty", replicas=1, worker={"simulator": {"gpuFaultAfterRequests": 3}}
+    )
+    apply_isvc(kube, namespace, body)
     wait_condition(kube, namespace, "faulty", "Ready", timeout=90)
     (first,) = [p["metadata"]["name"] for p in worker_pods(kube, namespace, "faulty")]
     complete(router_url(kube, namespace, "faulty"), 4)
@@ -165,7 +133,7 @@ def test_gpu_fault_replaces_the_pod_and_says_why(
 def test_scale_up_and_down_through_the_scale_subresource(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    apply(kube, namespace, simulated("elastic", replicas=1))
+    apply_isvc(kube, namespace, simulated_service("elastic", replicas=1))
     wait_condition(kube, namespace, "elastic", "Ready", timeout=90)
     kube.kubectl("scale", "-n", namespace, "infsvc/elastic", "--replicas=3")
     wait_for(
@@ -189,7 +157,9 @@ def test_not_enough_gpus_is_degraded_with_counts(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
     # The A400 node has 2 GPUs; ask for 3 of them.
-    apply(kube, namespace, simulated("greedy", replicas=3, gpu={"product": "NVIDIA-RTX-A400"}))
+    apply_isvc(
+        kube, namespace, simulated_service("greedy", replicas=3, gpu={"product": "NVIDIA-RTX-A400"})
+    )
     cond = wait_condition(
         kube, namespace, "greedy", "Degraded", reason="InsufficientGPU", timeout=60
     )
@@ -200,9 +170,9 @@ def test_not_enough_gpus_is_degraded_with_counts(
 def test_model_too_big_for_the_gpu_is_a_warning(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    body = simulated("huge", replicas=1, gpu={"product": "NVIDIA-RTX-A400"})
+    body = simulated_service("huge", replicas=1, gpu={"product": "NVIDIA-RTX-A400"})
     body["spec"]["model"]["vramGiB"] = 20
-    apply(kube, namespace, body)
+    apply_isvc(kube, namespace, body)
     warnings = wait_for(
         lambda: (get_isvc(kube, namespace, "huge").get("status") or {}).get("warnings"),
         30,
@@ -214,20 +184,20 @@ def test_model_too_big_for_the_gpu_is_a_warning(
 def test_invalid_spec_is_rejected_by_the_api_server(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    body = simulated("bad", replicas=2, rollout={"steps": [50, 25, 100]})
+    body = simulated_service("bad", replicas=2, rollout={"steps": [50, 25, 100]})
     with pytest.raises(subprocess.CalledProcessError) as caught:
-        apply(kube, namespace, body)
+        apply_isvc(kube, namespace, body)
     assert "rollout.steps must be strictly ascending" in caught.value.stderr
-    body = simulated("bad", replicas=1, rollout={"maxSurge": 4})
+    body = simulated_service("bad", replicas=1, rollout={"maxSurge": 4})
     with pytest.raises(subprocess.CalledProcessError) as caught:
-        apply(kube, namespace, body)
+        apply_isvc(kube, namespace, body)
     assert "rollout.maxSurge must not exceed replicas" in caught.value.stderr
 
 
 def test_delete_garbage_collects_everything(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    apply(kube, namespace, simulated("doomed", replicas=1))
+    apply_isvc(kube, namespace, simulated_service("doomed", replicas=1))
     wait_condition(kube, namespace, "doomed", "Ready", timeout=90)
     kube.kubectl("delete", "-n", namespace, "infsvc/doomed", "--wait=false")
 
