@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -60,6 +61,7 @@ class MockState:
     waiting: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
     requests: int = 0
     generation_tokens: int = 0
+    busy_seconds: float = 0.0  # slot-seconds spent serving (GPU busy time)
     completion: bytes = b""
     chat: bytes = b""
     completion_chunks: list[bytes] = field(default_factory=list)
@@ -222,7 +224,8 @@ class MockProtocol(asyncio.Protocol):
             t.write(_response(200, json.dumps(models).encode(), c.name))
         elif path == b"/_mock/stats":
             stats = {"name": c.name, "requests": s.requests, "running": s.running,
-                     "waiting": len(s.waiting), "mode": c.mode}
+                     "waiting": len(s.waiting), "mode": c.mode, "slots": c.slots,
+                     "busy_seconds": round(s.busy_seconds, 6)}
             t.write(_response(200, json.dumps(stats).encode(), c.name))
         elif path == b"/_mock/mode" and method == b"POST":
             try:
@@ -260,10 +263,12 @@ class MockProtocol(asyncio.Protocol):
                     s.waiting.remove(waiter)
                 raise
         s.running += 1
+        started = time.monotonic()
         try:
             await self._generate(path, body)
         finally:
             s.running -= 1
+            s.busy_seconds += time.monotonic() - started
             while s.waiting:
                 nxt = s.waiting.popleft()
                 if not nxt.done():

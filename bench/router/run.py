@@ -27,8 +27,10 @@ What is measured (see docs/benchmarks.md for the latest table):
   proxy's CPU microseconds per request from /proc/PID/stat.
 - scaling: N = 1, 2, 4, 8 slot-limited backends (8 slots, 50 ms each, so
   160 req/s per backend, like a GPU's batch); efficiency = rps(N) / (N *
-  rps(1)), and how evenly the requests spread (max/min per backend). The
-  service time is long enough that the shared load CPU is never the limit.
+  rps(1)), how evenly the requests spread (max/min per backend), and the
+  fraction of the backends' slot time spent serving (a simulated GPU's busy
+  fraction). The service time is long enough that the shared load CPU is
+  never the limit.
 - streaming: sequential SSE requests with our own aiohttp client: time to
   first chunk and chunks delivered.
 """
@@ -144,11 +146,11 @@ class Mocks:
     def urls(self) -> list[str]:
         return [f"http://{HOST}:{p}" for p in self.ports]
 
-    def counts(self) -> list[int]:
+    def stats(self) -> list[dict[str, Any]]:
         out = []
         for url in self.urls:
             with urllib.request.urlopen(url + "/_mock/stats", timeout=2) as r:
-                out.append(int(json.loads(r.read())["requests"]))
+                out.append(json.loads(r.read()))
         return out
 
     def stop(self) -> None:
@@ -468,11 +470,15 @@ def main() -> int:
                         t.start(slow.urls, work)
                         try:
                             wrk(t.url, SLOTS * n, 0.5, work)
-                            before = slow.counts()
+                            before, t0 = slow.stats(), time.monotonic()
                             run = wrk(t.url, SLOTS * n * 2, scale_s, work, t.pid)
-                            after = slow.counts()
-                            spread = [x - y for x, y in zip(after, before, strict=True)]
-                            run.extra["spread"] = spread
+                            after, t1 = slow.stats(), time.monotonic()
+                            run.extra["spread"] = [
+                                x["requests"] - y["requests"]
+                                for x, y in zip(after, before, strict=True)]
+                            busy = sum(x["busy_seconds"] - y["busy_seconds"]
+                                       for x, y in zip(after, before, strict=True))
+                            run.extra["busy"] = round(busy / (SLOTS * n * (t1 - t0)), 4)
                             record(t.name, f"scale{n}", run)
                         finally:
                             t.stop()
@@ -531,6 +537,7 @@ def summarize(results: dict[str, dict[str, list[LoadRun]]], sizes: list[int],
             s[f"scale{n}_rps"] = rps
             if base and rps is not None:
                 s[f"scale{n}_eff"] = rps / (n * base)
+            s[f"scale{n}_busy"] = median([r.extra.get("busy") for r in sc])
             spreads = [r.extra["spread"] for r in sc if min(r.extra["spread"]) > 0]
             if spreads:
                 s[f"scale{n}_spread"] = median([max(x) / min(x) for x in spreads])
@@ -568,6 +575,8 @@ def print_report(s: dict[str, dict[str, Any]], sizes: list[int], skipped: dict[s
         rows.append((f"scaling N={n}: req/s", lambda x, n=n: _f(x.get(f"scale{n}_rps"))))
         rows.append((f"scaling N={n}: efficiency",
                      lambda x, n=n: _f(x.get(f"scale{n}_eff"), "{:.3f}")))
+        rows.append((f"scaling N={n}: backend slots busy",
+                     lambda x, n=n: _f(x.get(f"scale{n}_busy"), "{:.3f}")))
         if n > 1:
             rows.append((f"scaling N={n}: max/min per backend",
                          lambda x, n=n: _f(x.get(f"scale{n}_spread"), "{:.3f}")))
