@@ -17,11 +17,13 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from kubeinfer.router.config import Settings, TableError, load_table_file
 from kubeinfer.router.pool import EjectionPolicy
@@ -152,6 +154,15 @@ def supervise(argv: list[str], settings: Settings) -> int:
     signal.signal(signal.SIGINT, forward)
     for i in range(settings.processes):
         spawn(i)
+    try:
+        return _watch_children(children, spawn, lambda: stopping)
+    finally:
+        shutil.rmtree(control, ignore_errors=True)
+
+
+def _watch_children(children: dict[int, subprocess.Popen[bytes]],
+                    spawn: Callable[[int], None], stopping: Callable[[], bool]) -> int:
+    """Restart children that die until told to stop; then wait for all of them."""
     restarts: dict[int, float] = {}
     code = 0
     while children:
@@ -160,7 +171,7 @@ def supervise(argv: list[str], settings: Settings) -> int:
             rc = child.poll()
             if rc is None:
                 continue
-            if stopping:
+            if stopping():
                 del children[i]
                 code = code or (rc if rc > 0 else 0)
                 continue

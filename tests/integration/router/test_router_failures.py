@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 from kubeinfer.localcluster.waiting import async_wait_for
+from kubeinfer.router.pool import EjectionPolicy
 from routerhelpers import HOST, free_port, make_table, run_load
 
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
@@ -85,6 +86,43 @@ async def test_dead_engine_500_is_retried_and_counted(mock_processes, start_rout
     assert doc["revisions"]["canary"]["errors"] >= 1
     assert doc["revisions"]["canary"]["window"]["errorRate"] > 0
     assert doc["revisions"]["stable"]["errors"] == 0
+
+
+async def test_dead_engine_is_ejected_with_growing_time_out(mock_processes, start_router,
+                                                           session) -> None:
+    procs = await mock_processes(2)
+    await procs[1].set(session, mode="engine-dead")
+    r = await start_router(make_table([p.url for p in procs]), ejection=EjectionPolicy(
+        consecutive_failures=2, base_seconds=0.3, max_seconds=5.0))
+    dead = r.pool.backends["b1"]
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(session, r.url, concurrency=2, max_requests=2000,
+                                        max_seconds=8.0, stop=stop))
+    # Re-admitted after its time out, it fails again and goes out for longer.
+    await async_wait_for(_flag(lambda: dead.ejections >= 2), 6.0, interval=0.02,
+                         what="a second ejection")
+    stop.set()
+    result = await load
+    assert result.failed == []
+    assert dead.ejected_until - dead.last_ejected_at > 0.3  # doubled
+    assert r.router.counters["ejections"]["b1|500"] >= 2
+
+
+async def test_active_health_check_takes_backends_out_and_back(mock_processes, start_router,
+                                                               session) -> None:
+    procs = await mock_processes(2)
+    r = await start_router(make_table([p.url for p in procs]))
+    b0 = r.pool.backends["b0"]
+    await procs[0].set(session, health=503)  # e.g. the agent's /ready while draining
+    await async_wait_for(_flag(lambda: not b0.healthy), 3.0, interval=0.02,
+                         what="two failed checks")
+    result = await run_load(session, r.url, concurrency=2, max_requests=20, max_seconds=5.0)
+    assert set(result.backends) == {"b1"}
+    assert r.debug()["backends"][0]["healthy"] is False
+    await procs[0].set(session, health=200)
+    await async_wait_for(_flag(lambda: b0.healthy), 3.0, interval=0.02, what="one good check")
+    result = await run_load(session, r.url, concurrency=1, max_requests=10, max_seconds=5.0)
+    assert set(result.backends) == {"b0", "b1"}
 
 
 async def test_aborted_stream_counts_as_a_failure(mock_processes, start_router, session) -> None:
