@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from kubeinfer.operator.api.routing import Backend, RoutingTable
 from kubeinfer.operator.api.spec import Strategy
-from kubeinfer.router.policies import Policy, RevisionSplitter, make_policy
+from kubeinfer.router.policies import Policy, PrefixAffinity, RevisionSplitter, make_policy
 from kubeinfer.router.stats import AttemptStats, Window
 from kubeinfer.router.upstream import UpstreamPool
 
@@ -208,7 +208,7 @@ class Pool:
         removed = [b for name, b in old.items() if new.get(name) is not b]
         for b in removed:
             b.removed = True
-            b.conns.close_idle()
+            b.conns.close_idle(retire=True)
         strategy_changed = self.table is None or table.strategy != self.table.strategy
         same_shape = (self.table is not None and not strategy_changed
                       and bool(table.revision_weights) == bool(self.table.revision_weights))
@@ -220,6 +220,8 @@ class Pool:
                 previous = self._groups.get(key) if same_shape else None
                 policy = previous.policy if previous is not None else make_policy(
                     table.strategy, load_factor=table.load_factor)
+                if isinstance(policy, PrefixAffinity):
+                    policy.load_factor = table.load_factor
                 group = groups[key] = _Group(policy)
             group.backends.append(b)
         for b in new.values():

@@ -288,9 +288,10 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.active: set[Exchange] = set()
         self.last_progress = time.monotonic()
+        self.retired = False  # the backend left the routing table
 
     def put_idle(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) >= self.max_idle:
+        if self.retired or len(self.idle) >= self.max_idle:
             conn.abort()
             return
         conn.idle_since = time.monotonic()
@@ -327,7 +328,9 @@ class UpstreamPool:
         for c in stale:
             c.abort()
 
-    def close_idle(self) -> None:
+    def close_idle(self, *, retire: bool = False) -> None:
+        """Close idle connections; ``retire``: and those that become idle later."""
+        self.retired = self.retired or retire
         for c in list(self.idle):
             c.abort()
         self.idle.clear()

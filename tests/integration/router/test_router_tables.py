@@ -35,6 +35,7 @@ async def test_file_change_under_load_loses_nothing(mocks, start_router, session
     load = asyncio.create_task(run_load(session, r.url, concurrency=8, max_requests=4000,
                                         max_seconds=3.0))
     await async_wait_for(_flag(lambda: b.state.requests > 20), 3.0)
+    removed_states = list(r.pool.backends.values())
     # b leaves, c joins; b keeps its name but gets a new URL: a new backend.
     write_table(path, [url_a, url_c], 2)
     await async_wait_for(_flag(lambda: r.pool.table.generation == 2), 3.0)
@@ -48,6 +49,9 @@ async def test_file_change_under_load_loses_nothing(mocks, start_router, session
     assert result.failed == []
     assert r.pool.table.generation == 2  # the bad document changed nothing
     assert b.state.requests == served_by_b  # nothing more went to the removed backend
+    old = [st for st in removed_states if st.url == url_b]
+    assert old
+    assert old[0].conns.idle == []  # its connections were closed, not kept idle
     assert a.state.requests + b.state.requests + c.state.requests == len(result.statuses)
 
 
