@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -35,6 +36,9 @@ log = logging.getLogger("kubeinfer.router")
 _INFERENCE_PATHS = {b"/v1/completions": False, b"/v1/chat/completions": True}
 _GET_PATHS = frozenset({b"/healthz", b"/readyz", b"/v1/models", b"/metrics", b"/debug/backends"})
 # Endpoints polled by kubelet and Prometheus stay out of the access log.
+# With an API key, these need `Authorization: Bearer <key>`; probes and
+# metrics stay open (kubelet and Prometheus have no key).
+_PROTECTED = frozenset({*_INFERENCE_PATHS, b"/v1/models"})
 _PATH_JSON = {p: json.dumps(p.decode()) for p in _INFERENCE_PATHS}
 _js = json.dumps
 _QUIET_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics", b"/internal/snapshot"})
@@ -52,6 +56,7 @@ class Router(Handler):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.max_body_bytes = settings.max_body_bytes
+        self._bearer = (b"Bearer " + settings.api_key.encode()) if settings.api_key else None
         self.draining = False
         self.pool = Pool(idle_timeout=settings.upstream_idle_timeout,
                          stats_window=settings.stats_window)
@@ -78,6 +83,11 @@ class Router(Handler):
     def clock(self) -> float:
         return time.monotonic()
 
+    def _authorized(self, req: Request) -> bool:
+        assert self._bearer is not None
+        return req.authorization is not None and hmac.compare_digest(req.authorization,
+                                                                     self._bearer)
+
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
 
@@ -92,6 +102,10 @@ class Router(Handler):
 
     def dispatch(self, conn: ClientConnection, req: Request) -> asyncio.Task[None] | None:
         path = req.path
+        if self._bearer is not None and path in _PROTECTED and not self._authorized(req):
+            self._plain(conn, req, 401, "Missing or wrong API key: send "
+                                        "`Authorization: Bearer <key>`.")
+            return None
         if req.method == b"POST":
             chat = _INFERENCE_PATHS.get(path)
             if chat is None:

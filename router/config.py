@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from kubeinfer.operator.api.constants import ENV_BIND_HOST, ROUTER_HTTP_PORT
+from kubeinfer.operator.api.constants import ENV_API_KEY, ENV_BIND_HOST, ROUTER_HTTP_PORT
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.router.pool import EjectionPolicy
 from pydantic import ValidationError
@@ -41,6 +41,8 @@ class Settings:
     upstream_idle_timeout: float = 4.0
     drain_seconds: float = 30.0
     reload_interval: float = 1.0
+    # Clients must send `Authorization: Bearer <key>` when set.
+    api_key: str | None = field(default_factory=lambda: os.environ.get(ENV_API_KEY) or None)
     # Set by the supervisor for --processes > 1.
     worker_index: int | None = None
     control_dir: str | None = None

@@ -39,12 +39,12 @@ def status_line(status: int) -> bytes:
 class Request:
     """A parsed request; ``forward_headers`` are ready to send to a worker."""
 
-    __slots__ = ("body", "forward_headers", "keep_alive", "method", "path", "request_id",
-                 "session_id", "started", "target")
+    __slots__ = ("authorization", "body", "forward_headers", "keep_alive", "method", "path",
+                 "request_id", "session_id", "started", "target")
 
     def __init__(self, method: bytes, target: bytes, forward_headers: bytes, body: bytes,
                  keep_alive: bool, request_id: bytes | None, session_id: bytes | None,
-                 started: float) -> None:
+                 started: float, authorization: bytes | None = None) -> None:
         self.method = method
         self.target = target
         q = target.find(b"?")
@@ -55,6 +55,7 @@ class Request:
         self.request_id = request_id
         self.session_id = session_id
         self.started = started
+        self.authorization = authorization
 
 
 class Handler:
@@ -102,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self._request_id: bytes | None = None
         self._session_id: bytes | None = None
         self._rejected = False
+        self._authorization: bytes | None = None
         self._expect_continue = False
         self._started = 0.0
 
@@ -147,6 +149,7 @@ class ClientConnection(asyncio.Protocol):
         self._size = 0
         self._request_id = None
         self._session_id = None
+        self._authorization = None
         self._expect_continue = False
         self._started = self.handler.clock()
 
@@ -166,6 +169,8 @@ class ClientConnection(asyncio.Protocol):
             self._request_id = value
         elif lname == b"x-session-id":
             self._session_id = value
+        elif lname == b"authorization":
+            self._authorization = value
         self._headers.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
@@ -191,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
         req = Request(
             self.parser.get_method(), self._url, b"".join(self._headers), body,
             self.parser.should_keep_alive(), self._request_id, self._session_id, self._started,
+            self._authorization,
         )
         self._body = []
         if self.busy:

@@ -52,3 +52,6 @@ ENV_BIND_HOST: Final = "KUBEINFER_BIND_HOST"
 # /dev/termination-log; the local runtime points this at a per-pod file.
 ENV_TERMINATION_LOG: Final = "KUBEINFER_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
+# The router's API key (from the Secret in spec.routing); when set, clients
+# must send `Authorization: Bearer <key>` to the OpenAI endpoints.
+ENV_API_KEY: Final = "KUBEINFER_API_KEY"

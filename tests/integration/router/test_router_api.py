@@ -292,3 +292,21 @@ async def test_request_timeout_is_504(mocks, start_router, session) -> None:
         assert resp.status == 504
         assert (await resp.json())["error"]["code"] == 504
     assert r.debug()["backends"][0]["errors"] == 1
+
+
+async def test_api_key_is_required_when_configured(mocks, start_router, session) -> None:
+    (m,) = await mocks(1)
+    r = await start_router(make_table([f"http://{HOST}:{m.port}"]), api_key="s3cret")
+    async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["type"] == "AuthenticationError"
+    async with session.get(r.url + "/v1/models",
+                           headers={"authorization": "Bearer wrong"}) as resp:
+        assert resp.status == 401
+    async with session.post(r.url + "/v1/completions", json=COMPLETION,
+                            headers={"authorization": "Bearer s3cret"}) as resp:
+        assert resp.status == 200
+    for probe in ("/healthz", "/readyz", "/metrics"):  # kubelet and Prometheus have no key
+        async with session.get(r.url + probe) as resp:
+            assert resp.status == 200
+    assert m.state.requests == 1
