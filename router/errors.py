@@ -17,6 +17,7 @@ _TYPES = {
     405: "MethodNotAllowedError",
     413: "RequestTooLargeError",
     429: "RateLimitError",
+    431: "RequestHeaderFieldsTooLargeError",
     500: "InternalServerError",
     502: "BadGatewayError",
     503: "ServiceUnavailableError",

@@ -30,6 +30,8 @@ HOP_BY_HOP = frozenset({
 })
 
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+# llhttp itself has no limit on the request line and headers.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 def status_line(status: int) -> bytes:
@@ -100,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[bytes] = []
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0
         self._request_id: bytes | None = None
         self._session_id: bytes | None = None
         self._rejected = False
@@ -147,6 +150,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._size = 0
+        self._head_size = 0
         self._request_id = None
         self._session_id = None
         self._authorization = None
@@ -155,8 +159,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES and not self._rejected:
+            self._reject(431, "The request line and headers are larger than 64 KiB.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._rejected:
+            return
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES:
+            self._reject(431, "The request line and headers are larger than 64 KiB.")
+            return
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":

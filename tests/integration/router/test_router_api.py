@@ -310,3 +310,34 @@ async def test_api_key_is_required_when_configured(mocks, start_router, session)
         async with session.get(r.url + probe) as resp:
             assert resp.status == 200
     assert m.state.requests == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x00\xff\x10garbage\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nContent-Length: nope\r\n\r\n{}",
+        b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"model\":",  # then gone
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 27\r\n\r\n"
+        b'{"model":"tiny","messages":',
+    ],
+)
+async def test_the_router_survives_hostile_input(mocks, start_router, session, raw) -> None:
+    (m,) = await mocks(1)
+    r = await start_router(make_table([f"http://{HOST}:{m.port}"]))
+    reader, writer = await asyncio.open_connection(HOST, r.router.port)
+    writer.write(raw)
+    await writer.drain()
+    try:
+        data = await asyncio.wait_for(reader.read(65536), 2.0)
+    except TimeoutError:
+        data = b""  # waiting for the rest of a body that never comes: fine
+    writer.close()
+    assert data == b"" or data.startswith(b"HTTP/1.1 4")
+    if b"X-Big" in raw:
+        assert data.startswith(b"HTTP/1.1 431 ")
+    async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
+        assert resp.status == 200  # and it still serves
