@@ -27,8 +27,10 @@ import collections
 import json
 import os
 import signal
+import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -347,14 +349,19 @@ class MockBackend:
         self.server.close()
 
 
-async def serve(host: str, ports: list[int], config: MockConfig) -> list[MockBackend]:
+def _factory(state: MockState) -> Callable[[], MockProtocol]:
+    return lambda: MockProtocol(state)
+
+
+async def serve(host: str, ports: list[int], config: MockConfig,
+                tls: ssl.SSLContext | None = None) -> list[MockBackend]:
     """Start one mock backend per port (each with its own state); port 0 picks one."""
     loop = asyncio.get_running_loop()
     out = []
     for port in ports:
         state = MockState(MockConfig(**config.__dict__))
-        server = await loop.create_server(lambda st=state: MockProtocol(st), host, port,  # type: ignore[misc]
-                                          reuse_address=True, backlog=1024)
+        server = await loop.create_server(_factory(state), host, port, reuse_address=True,
+                                          backlog=1024, ssl=tls)
         bound = server.sockets[0].getsockname()[1]
         if config.name == "mock":
             state.config.name = f"mock-{bound}"

@@ -91,7 +91,8 @@ class BackendState:
         self.generation_tokens: float | None = None
         self.removed = False
         self.stats = AttemptStats()
-        self.conns = UpstreamPool(self.host, self.port, idle_timeout=idle_timeout)
+        self.conns = UpstreamPool(self.host, self.port, idle_timeout=idle_timeout,
+                                  tls=self.url.startswith("https://"))
 
     def update(self, spec: Backend) -> None:
         """Take the table's new settings for the same worker."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable
 from typing import cast
@@ -280,9 +281,11 @@ class UpstreamPool:
     """
 
     def __init__(self, host: str, port: int, *, idle_timeout: float = 4.0,
-                 max_idle: int = 1024) -> None:
+                 max_idle: int = 1024, tls: bool = False) -> None:
         self.host = host
         self.port = port
+        # https:// backends: verified TLS with the system's CA bundle.
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self.idle: list[UpstreamConnection] = []
@@ -347,11 +350,12 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(limit):
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port)
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None)
         except TimeoutError:
             raise UpstreamError("connect", f"timed out after {limit:g}s") from None
-        except OSError as exc:
-            raise UpstreamError("connect", exc.strerror or str(exc)) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamError("connect", getattr(exc, "strerror", None) or str(exc)) from None
         return proto
 
     async def send(self, head: bytes, body: bytes, *, stream_mode: bool,

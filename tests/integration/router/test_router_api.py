@@ -341,3 +341,37 @@ async def test_the_router_survives_hostile_input(mocks, start_router, session, r
         assert data.startswith(b"HTTP/1.1 431 ")
     async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
         assert resp.status == 200  # and it still serves
+
+
+async def test_https_backend_certificates_are_verified(start_router, session,
+                                                       tmp_path) -> None:
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from kubeinfer.router.mockbackend import MockConfig, serve
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-signed")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    (m,) = await serve(HOST, [0], MockConfig(), tls=ctx)
+    try:
+        r = await start_router(make_table([f"https://{HOST}:{m.port}"], retries=0))
+        async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
+            assert resp.status == 503  # a self-signed worker is not trusted
+            assert "CERTIFICATE_VERIFY_FAILED" in (await resp.json())["error"]["message"]
+        assert m.state.requests == 0
+    finally:
+        m.close()
