@@ -41,7 +41,8 @@ class PodToCreate:
     replica: int
     replaces: str | None = None
     failures: int = 0
-    avoid_nodes: tuple[str, ...] = ()
+    avoid_nodes: tuple[str, ...] = ()  # preferred: where it failed
+    exclude_nodes: tuple[str, ...] = ()  # required: nodes that are lost
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ def _verdict(
     )
 
 
+def _lost_nodes(nodes: dict[str, NodeInfo]) -> tuple[str, ...]:
+    return tuple(sorted(n.name for n in nodes.values() if not n.ready))
+
+
 def _drained(pod: PodInfo, obs: Observed, drain_seconds: int) -> bool:
     since = pod.draining_since or obs.now
     waited = obs.now - since
@@ -153,6 +158,7 @@ def _plan_pods(
                     replaces=pod.name,
                     failures=failures_after(pod, obs.now),
                     avoid_nodes=(pod.node,) if pod.node else (),
+                    exclude_nodes=_lost_nodes(obs.nodes),
                 )
             )
             plan.events.append(Event("Warning", "ReplacingPod", f"{pod.name}: {reason}"))
@@ -199,7 +205,9 @@ def _plan_pods(
         while missing > 0 and holding < budget:
             while index in taken:
                 index += 1
-            plan.create.append(PodToCreate(revision=rev, replica=index))
+            plan.create.append(
+                PodToCreate(revision=rev, replica=index, exclude_nodes=_lost_nodes(obs.nodes))
+            )
             taken.add(index)
             holding += 1
             missing -= 1

@@ -63,6 +63,11 @@ class OperatorContext:
     applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
     generations: dict[tuple[str, str], int] = field(default_factory=dict)
     tables: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Pods created but not yet seen in the watch (namespace, name) -> when,
+    # like the ReplicaSet controller's expectations: a reconcile that runs
+    # before the watch catches up must not create them again (a 409 each,
+    # which cost a busy API server as much as the create).
+    unseen_creates: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -121,6 +126,10 @@ async def _publish_table(ctx: OperatorContext, isvc: InferenceService, plan: Pla
     ctx.tables[key] = content
 
 
+# After this long an unseen create is presumed lost and may be sent again.
+UNSEEN_CREATE_SECONDS = 30.0
+
+
 async def _act_on_pods(
     ctx: OperatorContext, isvc: InferenceService, plan: Plan, now: float
 ) -> None:
@@ -143,13 +152,22 @@ async def _act_on_pods(
             replaces=new.replaces,
             failures=new.failures,
             avoid_nodes=new.avoid_nodes,
+            exclude_nodes=new.exclude_nodes,
         )
+        key = (meta.namespace, pod["metadata"]["name"])
+        created = ctx.unseen_creates.get(key)
+        if created is not None and now - created < UNSEEN_CREATE_SECONDS:
+            continue
+        ctx.unseen_creates[key] = now
         try:
             await ctx.kube.create(pod)
         except ConflictError:
             # Created by an earlier reconcile whose watch event has not
             # reached our index yet: the deterministic name makes it safe.
             logger.debug("pod %s exists already", pod["metadata"]["name"])
+        except BaseException:
+            del ctx.unseen_creates[key]
+            raise
 
 
 async def _write_status(
@@ -187,6 +205,8 @@ async def reconcile(
         await _report_invalid(ctx, body, format_validation_error(error), emit, now)
         return ctx.resync_seconds
     service_pods = list(pods)
+    for seen in service_pods:
+        ctx.unseen_creates.pop((seen.namespace, seen.name), None)
     workers = [p for p in service_pods if p.component == c.COMPONENT_WORKER]
     routers = [p for p in service_pods if p.component == c.COMPONENT_ROUTER]
     router_ips = [p.ip for p in routers if p.ready and p.ip and not p.deleting]

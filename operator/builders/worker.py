@@ -120,8 +120,19 @@ def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _affinity(spec: InferenceServiceSpec, service: str) -> dict[str, Any]:
+def _not_on(nodes: tuple[str, ...]) -> dict[str, Any]:
+    return {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": sorted(nodes)}
+
+
+def _affinity(
+    spec: InferenceServiceSpec,
+    service: str,
+    avoid_nodes: tuple[str, ...],
+    exclude_nodes: tuple[str, ...],
+) -> dict[str, Any]:
     required: list[dict[str, Any]] = []
+    if exclude_nodes:
+        required.append(_not_on(exclude_nodes))
     if spec.gpu.min_memory_mi_b is not None:
         required.append(
             {
@@ -148,6 +159,10 @@ def _affinity(spec: InferenceServiceSpec, service: str) -> dict[str, Any]:
             }
             for mib, weight in LARGEST_FIRST_BUCKETS
         ]
+    if avoid_nodes:
+        node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+            {"weight": 100, "preference": {"matchExpressions": [_not_on(avoid_nodes)]}}
+        )
     if node_affinity:
         affinity["nodeAffinity"] = node_affinity
     if spec.gpu.placement is Placement.PACK:
@@ -183,6 +198,7 @@ def build_worker_pod(
     replaces: str | None = None,
     failures: int = 0,
     avoid_nodes: tuple[str, ...] = (),
+    exclude_nodes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The Pod for replica ``replica`` of revision ``revision``.
 
@@ -190,7 +206,9 @@ def build_worker_pod(
     name); ``failures`` counts the failures of the replica so far (the
     operator's replacement backoff reads it back); ``avoid_nodes`` keeps the
     pod off nodes where it failed before, as a preference so that a small
-    cluster can still place it.
+    cluster can still place it; ``exclude_nodes`` is a hard rule, for nodes
+    known to be lost (the scheduler would otherwise see them as free until
+    the node controller taints them).
     """
     labels = component_labels(meta.name, c.COMPONENT_WORKER) | {
         c.LABEL_REVISION: revision,
@@ -251,25 +269,7 @@ def build_worker_pod(
     }
     if spec.gpu.product:
         pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu.product}
-    affinity = _affinity(spec, meta.name)
-    if avoid_nodes:
-        preferred = affinity.setdefault("nodeAffinity", {}).setdefault(
-            "preferredDuringSchedulingIgnoredDuringExecution", []
-        )
-        preferred.append(
-            {
-                "weight": 100,
-                "preference": {
-                    "matchExpressions": [
-                        {
-                            "key": "kubernetes.io/hostname",
-                            "operator": "NotIn",
-                            "values": sorted(avoid_nodes),
-                        }
-                    ]
-                },
-            }
-        )
+    affinity = _affinity(spec, meta.name, avoid_nodes, exclude_nodes)
     if affinity:
         pod_spec["affinity"] = affinity
     if spec.gpu.placement is Placement.SPREAD:

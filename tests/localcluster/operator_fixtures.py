@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -37,7 +38,12 @@ from kubeinfer.operator.rbac import (
 )
 
 OPERATOR_NAMESPACE = "kubeinfer-system"
-HEALTH_PORT = 18089
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def isvc_path(namespace: str, name: str | None = None) -> str:
@@ -95,15 +101,18 @@ class OperatorProcess:
     kubeconfig: Path
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    health_port: int = 0
 
     def start(self) -> None:
         binary = shutil.which("kubeinfer-operator", path=str(Path(sys.executable).parent))
         assert binary, "kubeinfer-operator is not installed in this virtualenv"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), c.ENV_BIND_HOST: "127.0.0.1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        self.health_port = _free_port()
+        ports = ["--health-port", str(self.health_port), "--metrics-port", str(_free_port())]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [binary, "--resync-seconds", "2", "--health-port", str(HEALTH_PORT)],
+                [binary, "--resync-seconds", "2", *ports],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -117,7 +126,7 @@ class OperatorProcess:
             raise AssertionError(f"the operator exited: {self.log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{HEALTH_PORT}/healthz", timeout=1
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
             ) as answer:
                 return bool(answer.status == 200)
         except OSError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from kubeinfer.localcluster.client import KubeClient
-from kubeinfer.localcluster.failures import kill_pod
+from kubeinfer.localcluster.failures import kill_pod, set_node_down
 from kubeinfer.localcluster.operator_fixtures import (
     OperatorProcess,
     apply_isvc,
@@ -216,3 +216,36 @@ def test_delete_garbage_collects_everything(
 
     wait_for(lambda: leftovers() == [], 60, what="all children of doomed to be deleted")
     assert not kube.exists(isvc_path(namespace, "doomed"))
+
+
+def test_pods_on_a_lost_node_move_to_other_nodes(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
+) -> None:
+    apply_isvc(
+        kube,
+        namespace,
+        simulated_service("mover", replicas=2, gpu={"product": "NVIDIA-H100-80GB-HBM3"}),
+    )
+    wait_condition(kube, namespace, "mover", "Ready", timeout=90)
+    lost = worker_pods(kube, namespace, "mover")[0]
+    node = lost["spec"]["nodeName"]
+    set_node_down(Path(local_cluster.root), node, True)
+    try:
+
+        def moved() -> bool:
+            pods = worker_pods(kube, namespace, "mover")
+            names = {p["metadata"]["name"] for p in pods}
+            return lost["metadata"]["name"] not in names and len(pods) == 2
+
+        wait_for(moved, 60, what=f"the pod on {node} to be replaced")
+        replacement = next(
+            p
+            for p in worker_pods(kube, namespace, "mover")
+            if p["metadata"].get("annotations", {}).get("kubeinfer.io/replaces")
+            == lost["metadata"]["name"]
+        )
+        wait_condition(kube, namespace, "mover", "Ready", timeout=60)
+        placed = kube.get(f"/api/v1/namespaces/{namespace}/pods/{replacement['metadata']['name']}")
+        assert placed["spec"]["nodeName"] != node
+    finally:
+        set_node_down(Path(local_cluster.root), node, False)

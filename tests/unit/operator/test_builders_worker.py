@@ -225,6 +225,29 @@ class TestPlacement:
         ]
         assert preferred[-1]["preference"]["matchExpressions"][0]["values"] == ["gpu-2"]
 
+    def test_lost_nodes_are_excluded_outright(
+        self, meta: ObjectMeta, images: Images, valid_manifest: Validate
+    ) -> None:
+        pod = build_worker_pod(
+            meta,
+            make_spec(gpu={"minMemoryMiB": 40000}),
+            revision="abcdef1234",
+            replica=0,
+            images=images,
+            exclude_nodes=("gpu-3", "gpu-1"),
+        )
+        valid_manifest(pod)
+        required = pod["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        (term,) = required["nodeSelectorTerms"]
+        assert {
+            "key": "kubernetes.io/hostname",
+            "operator": "NotIn",
+            "values": ["gpu-1", "gpu-3"],
+        } in term["matchExpressions"]
+        assert len(term["matchExpressions"]) == 2  # ANDed with the memory rule
+
     def test_gpu_taint_always_tolerated_plus_users(self, meta: ObjectMeta, images: Images) -> None:
         pod = pod_for(
             meta,

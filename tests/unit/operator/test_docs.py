@@ -15,6 +15,8 @@ API_DOC = REPO / "docs" / "api.md"
 README = REPO / "README.md"
 KIND_CONFIG = REPO / "kind-config.yaml"
 GPU_MOUNT = "/var/run/nvidia-container-devices/all"
+
+
 # Documents linked from README while other parts of the project still write
 # them; empty this set once they exist, so every link is checked again.
 def markdown_files() -> list[Path]:
@@ -108,11 +110,7 @@ class TestMarkdown:
         targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", prose)
         local = [t for t in targets if "://" not in t]
         assert local
-        missing = [
-            t
-            for t in local
-            if not (path.parent / t).exists()
-        ]
+        missing = [t for t in local if not (path.parent / t).exists()]
         assert missing == []
 
 

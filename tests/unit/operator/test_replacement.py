@@ -122,6 +122,7 @@ def test_node_not_ready_moves_its_pods() -> None:
     moved = [d.name for d in plan.delete]
     assert moved
     assert all(c.avoid_nodes == (node,) for c in plan.create)
+    assert all(c.exclude_nodes == (node,) for c in plan.create)
     assert len(plan.create) == len(moved)
 
 
