@@ -68,7 +68,7 @@ def build_router_deployment(
     ]
     if routing.api_key_secret_ref is not None:
         ref = routing.api_key_secret_ref
-        env.append(secret_env("KUBEINFER_API_KEY", ref.name, ref.key))
+        env.append(secret_env(c.ENV_API_KEY, ref.name, ref.key))
     resources = routing.router_resources
     container = {
         "name": "router",

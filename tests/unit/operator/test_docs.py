@@ -17,8 +17,6 @@ KIND_CONFIG = REPO / "kind-config.yaml"
 GPU_MOUNT = "/var/run/nvidia-container-devices/all"
 
 
-# Documents linked from README while other parts of the project still write
-# them; empty this set once they exist, so every link is checked again.
 def markdown_files() -> list[Path]:
     return [README, *sorted((REPO / "docs").glob("*.md"))]
 
