@@ -68,6 +68,11 @@ class OperatorContext:
     # before the watch catches up must not create them again (a 409 each,
     # which cost a busy API server as much as the create).
     unseen_creates: dict[tuple[str, str], float] = field(default_factory=dict)
+    # The status we last wrote per object, with the resourceVersion the
+    # object had before that write: a wake-up can come before the watch
+    # delivers our own write, and planning on the older status would
+    # repeat a transition (and its event).
+    written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -179,6 +184,24 @@ async def _write_status(
         return
     meta = isvc.metadata
     await ctx.kube.merge_patch(c.KIND, meta.namespace, meta.name, {"status": new}, sub="status")
+    ctx.written[(meta.namespace, meta.name)] = (meta.resource_version or "", new)
+
+
+def latest_body(
+    written: dict[tuple[str, str], tuple[str, dict[str, Any]]], body: dict[str, Any]
+) -> dict[str, Any]:
+    """``body``, with the status we wrote if the watch has not caught up
+    (the object still has the resourceVersion it had before our write).
+    Forgets the written status once the watch has moved on."""
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    if key not in written:
+        return body
+    stale_version, status = written[key]
+    if meta.get("resourceVersion") != stale_version:
+        del written[key]
+        return body
+    return {**body, "status": status}
 
 
 def _nodes_for_vram(nodes: dict[str, NodeInfo]) -> list[GpuNode]:
@@ -200,7 +223,7 @@ async def reconcile(
     """Reconcile one InferenceService; returns seconds until the next look."""
     now = time.time()
     try:
-        isvc = InferenceService.model_validate(body)
+        isvc = InferenceService.model_validate(latest_body(ctx.written, body))
     except ValidationError as error:
         await _report_invalid(ctx, body, format_validation_error(error), emit, now)
         return ctx.resync_seconds

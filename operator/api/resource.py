@@ -22,6 +22,7 @@ class ObjectMeta(ApiModel):
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None
+    resource_version: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 

@@ -118,11 +118,19 @@ def test_gpu_fault_replaces_the_pod_and_says_why(
         return names if names and first not in names else None
 
     (second,) = wait_for(replaced, 30, what="a replacement pod with a new name")
-    events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
-    reasons = [
-        (e["reason"], e["message"]) for e in events if e["involvedObject"]["name"] == "faulty"
-    ]
-    assert any(r == "ReplacingPod" and "GPU" in m and "Xid" in m for r, m in reasons), reasons
+
+    # Events are posted in the background after the status write: poll.
+    def replacing_event() -> list[tuple[str, str]] | None:
+        events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        found = [
+            (e["reason"], e["message"])
+            for e in events
+            if e["involvedObject"]["name"] == "faulty" and e["reason"] == "ReplacingPod"
+        ]
+        return found or None
+
+    reasons = wait_for(replacing_event, 30, what="the ReplacingPod event")
+    assert any("GPU" in m and "Xid" in m for _, m in reasons), reasons
     replacement = kube.get(f"/api/v1/namespaces/{namespace}/pods/{second}")
     annotations = replacement["metadata"]["annotations"]
     assert annotations["kubeinfer.io/replaces"] == first
