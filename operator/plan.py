@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from kubeinfer.operator.analysis import RouterStats, Verdict, judge_canary
+from kubeinfer.operator.api.constants import ANNOTATION_ROLLOUT
 from kubeinfer.operator.api.resource import InferenceService
 from kubeinfer.operator.api.status import InferenceServiceStatus, ReplicaStatus, RolloutPhase
 from kubeinfer.operator.builders.common import selector_string, worker_selector
@@ -266,28 +267,20 @@ def plan_reconcile(
         for p in obs.pods
         if not p.deleting and (reason := classify_failure(p, obs.nodes)) is not None
     }
-    command = isvc.metadata.annotations.get("kubeinfer.io/rollout")
+    command = isvc.metadata.annotations.get(ANNOTATION_ROLLOUT)
+    if status.stable_revision is None:
+        message = start(status, revision, template, obs.now)
+        plan.events.append(Event("Normal", "Created", message))
+    verdict = _verdict(isvc, status, obs)
+    canary = obs.stats.revision(status.canary_revision) if obs.stats else None
     world = World(
         spec=isvc.spec,
         target_revision=revision,
         command=command,
         counts=_counts(obs.pods, failed),
-        verdict=None,
-        now=obs.now,
-    )
-    if status.stable_revision is None:
-        message = start(status, world, template)
-        plan.events.append(Event("Normal", "Created", message))
-    verdict = _verdict(isvc, status, obs)
-    canary_totals = obs.stats.revision(status.canary_revision) if obs.stats else None
-    world = World(
-        spec=isvc.spec,
-        target_revision=revision,
-        command=command,
-        counts=world.counts,
         verdict=verdict,
         now=obs.now,
-        canary_totals=(canary_totals.requests, canary_totals.errors) if canary_totals else (0, 0),
+        canary_totals=(canary.requests, canary.errors) if canary else (0, 0),
     )
     trigger = detect_trigger(world, status)
     if trigger is not None:

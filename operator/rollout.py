@@ -305,9 +305,11 @@ def apply_transition(
     return Transition(trigger, before, after, event_type, message)
 
 
-def start(status: InferenceServiceStatus, world: World, template: dict[str, object]) -> str:
+def start(
+    status: InferenceServiceStatus, revision: str, template: dict[str, object], now: float
+) -> str:
     """The first reconcile: the spec's revision becomes stable at once."""
-    status.stable_revision = world.target_revision
+    status.stable_revision = revision
     status.rollout.phase = P.IDLE
-    _record(status, world.target_revision, "Initial", template, world.now)
-    return f"serving revision {world.target_revision}"
+    _record(status, revision, "Initial", template, now)
+    return f"serving revision {revision}"
