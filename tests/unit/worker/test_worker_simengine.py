@@ -127,6 +127,7 @@ async def test_hang_stops_tokens_until_released(make_sim: Make) -> None:
     sim.engine.set_faults(EngineFaults(hang=True))
     stream = asyncio.create_task(sim.stream_events(max_tokens=5))
     await until(lambda: sim.engine.running == 1)
+    # Proving that nothing happens needs some time to pass: 20 token times.
     await asyncio.sleep(0.1)
     assert not stream.done()
     assert sim.engine.busy_seconds() == 0  # a hung GPU does no work
