@@ -38,11 +38,15 @@ FIELD_FLAGS = {
     "--revision": "revision",
 }
 REMOTE_SCHEMES = ("s3://", "gs://")
-# KV cache (GiB) on vLLM's CPU backend when nothing set it: the operator
-# derives it from the pod's memory; this is for a worker run by hand.
-# 4 GiB is what vLLM's CPU backend has long used when the variable is
-# unset; written out so that the size does not move with vLLM's default.
+# KV cache (GiB) on vLLM's CPU backend when nothing set it (the operator
+# derives it from the pod's memory; this is for a worker run by hand).
+# It must always be set: without it vLLM 0.32 reserves
+# gpuMemoryUtilization x the whole NUMA node's memory, blind to the pod's
+# memory limit, and the pod is OOM-killed.
 DEFAULT_CPU_KVCACHE_GIB = 4
+# vLLM applies VLLM_CPU_KVCACHE_SPACE over this flag; a user who sets the
+# flag in extraArgs means it, so the variable is left out then.
+KV_CACHE_FLAG = "--kv-cache-memory-bytes"
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,10 @@ def build_vllm_env(
     if model_location(model.source).kind == "local":
         out.setdefault("HF_HUB_OFFLINE", "1")
     if device is Device.CPU:
-        out.setdefault(ENV_VLLM_CPU_KVCACHE_SPACE, str(DEFAULT_CPU_KVCACHE_GIB))
+        if _has_flag(model.engine_args.extra_args, KV_CACHE_FLAG):
+            out.pop(ENV_VLLM_CPU_KVCACHE_SPACE, None)
+        else:
+            out.setdefault(ENV_VLLM_CPU_KVCACHE_SPACE, str(DEFAULT_CPU_KVCACHE_GIB))
     return out
 
 

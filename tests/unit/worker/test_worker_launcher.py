@@ -181,6 +181,15 @@ class TestCpuDevice:
     ) -> None:
         assert build_vllm_env(env, model(), device).get("VLLM_CPU_KVCACHE_SPACE") == kv_cache
 
+    @pytest.mark.parametrize(
+        "flag", [["--kv-cache-memory-bytes", "8G"], ["--kv_cache_memory_bytes=8G"]]
+    )
+    def test_explicit_kv_cache_flag_wins(self, flag: list[str]) -> None:
+        spec = model(engineArgs={"extraArgs": flag})
+        env = build_vllm_env({"VLLM_CPU_KVCACHE_SPACE": "13"}, spec, Device.CPU)
+        assert "VLLM_CPU_KVCACHE_SPACE" not in env
+        assert tail(build_vllm_command(spec, "0.0.0.0", 8000, Device.CPU)) == flag
+
 
 class TestEnvironment:
     def test_token_passes_through_and_defaults_are_set(self) -> None:
