@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.operator.api.spec import NO_GPU_LARGEST_FIRST_MESSAGE, NO_GPU_SELECTORS_MESSAGE
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -55,6 +56,10 @@ BAD = [
         'supported values: "round-robin", "least-loaded", "weighted", "prefix-affinity"',
     ),
     ({"gpu": {"placement": "scatter"}}, 'supported values: "spread", "pack", "largest-first"'),
+    ({"gpu": {"count": 2}}, "spec.gpu.count: Invalid value: 2"),
+    ({"gpu": {"count": 0, "product": "NVIDIA-H100-80GB-HBM3"}}, NO_GPU_SELECTORS_MESSAGE),
+    ({"gpu": {"count": 0, "minMemoryMiB": 40000}}, NO_GPU_SELECTORS_MESSAGE),
+    ({"gpu": {"count": 0, "placement": "largest-first"}}, NO_GPU_LARGEST_FIRST_MESSAGE),
 ]
 
 

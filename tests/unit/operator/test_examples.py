@@ -49,4 +49,5 @@ def test_cpu_example_is_real_vllm_without_a_gpu() -> None:
     spec = parse_spec(load("cpu.yaml")["spec"])
     assert spec.gpu.count == 0
     assert spec.worker.engine.value == "vllm"
-    assert spec.gpu.product is None and spec.gpu.min_memory_mi_b is None
+    assert spec.gpu.product is None
+    assert spec.gpu.min_memory_mi_b is None
