@@ -118,7 +118,7 @@ def summarise(
         put(
             ConditionType.DEGRADED,
             T,
-            "InsufficientGPU",
+            "Unschedulable" if spec.gpu.cpu_only else "InsufficientGPU",
             f"{len(unschedulable)} of {n} worker pods cannot be scheduled: "
             f"{unschedulable[0].unschedulable_message}",
         )

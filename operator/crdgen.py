@@ -79,7 +79,10 @@ def build_crd() -> dict[str, Any]:
     """The CustomResourceDefinition object for InferenceService."""
     root: dict[str, Any] = {
         "type": "object",
-        "description": "InferenceService serves one model on N GPUs behind a router.",
+        "description": (
+            "InferenceService serves one model on N worker pods (one GPU each, or CPU only) "
+            "behind a router."
+        ),
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},

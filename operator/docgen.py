@@ -36,7 +36,8 @@ API_DOC_INTRO = """\
 `InferenceService` (group `kubeinfer.io`, version `v1alpha1`, short name
 `infsvc`) serves one model on N GPUs behind a router. The operator turns it
 into one single-GPU worker pod per replica (vLLM inside, or the simulated
-engine) and a router Deployment and Service in front of them. A new
+engine; with `gpu.count: 0`, vLLM's CPU backend and no GPU) and a router
+Deployment and Service in front of them. A new
 revision is rolled out as a canary, judged against the stable revision and
 promoted or rolled back on its own.
 
@@ -57,16 +58,21 @@ need a value; everything else has a default (the tables below).
 
 ## Choices worth knowing
 
-- **One GPU per worker pod.** `replicas` counts GPUs. The operator owns the
-  worker pods directly (not through a Deployment) so that it can choose
-  which pod to replace and size a canary in whole GPUs.
+- **One GPU per worker pod.** `replicas` counts worker pods, and so GPUs.
+  The operator owns the worker pods directly (not through a Deployment) so
+  that it can choose which pod to replace and size a canary in whole GPUs.
+- **`gpu.count: 0`: no GPU.** Workers run vLLM's CPU backend
+  (`ghcr.io/kubeinfer/worker-cpu`, `--device=cpu`): no GPU request, no GPU
+  toleration, no NVML. For small models, CI and CPU-only clusters, not for
+  production throughput; see docs/worker.md. GPU selectors
+  (`product`, `minMemoryMiB`, `largest-first`) are rejected with it.
 - **Short name `infsvc`**, because KServe already uses `isvc`.
 - **Which changes roll out.** A change under {revisioned} (and a new
   default worker image from an operator upgrade) creates a new revision,
   rolled out as a canary. Anything else (`replicas`, `routing`, `rollout`)
   applies in place, without new pods.
-- **`rollout.maxSurge`** is counted in GPUs: with `0`, stable pods are
-  replaced one at a time and the GPU budget is never exceeded.
+- **`rollout.maxSurge`** is counted in worker pods (GPUs): with `0`, stable
+  pods are replaced one at a time and the GPU budget is never exceeded.
 - **Validation.** The API server rejects invalid objects using the
   schema and the CEL rules listed below, with the messages shown. The
   operator checks the same rules again (the API models) and a few that a

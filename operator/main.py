@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--namespace", action="append", default=[], help="watch this namespace")
     where.add_argument("--all-namespaces", action="store_true", help="watch all (default)")
     parser.add_argument("--worker-image", default=Images().worker)
+    parser.add_argument(
+        "--worker-cpu-image",
+        default=Images().worker_cpu,
+        help="worker image for InferenceServices with gpu.count 0 (vLLM's CPU backend)",
+    )
     parser.add_argument("--router-image", default=Images().router)
     parser.add_argument(
         "--resync-seconds",
@@ -53,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=host)
     options = Options(
-        images=Images(worker=args.worker_image, router=args.router_image),
+        images=Images(
+            worker=args.worker_image, worker_cpu=args.worker_cpu_image, router=args.router_image
+        ),
         resync_seconds=args.resync_seconds,
     )
     uvloop.run(

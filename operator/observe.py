@@ -64,6 +64,9 @@ class PodInfo:
     exit_code: int | None
     failures: int
     draining_since: float | None
+    # Whether the pod was given a GPU; CPU workers (gpu.count 0) were not.
+    # Pods from before gpu.count existed all had one.
+    has_gpu: bool = True
 
     @property
     def scheduled(self) -> bool:
@@ -78,6 +81,17 @@ class PodInfo:
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
+
+
+def _requests_gpu(spec: dict[str, Any]) -> bool:
+    """A container limits an extended resource (nvidia.com/gpu, a MIG profile,
+    ...): the only ones a worker asks for are GPUs. Core resources (cpu,
+    memory, ephemeral-storage, hugepages-*) have no domain prefix."""
+    for container in spec.get("containers") or []:
+        limits = (container.get("resources") or {}).get("limits") or {}
+        if any("/" in name for name in limits):
+            return True
+    return False
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -134,6 +148,7 @@ def observe_pod(body: dict[str, Any]) -> PodInfo:
         exit_code=exit_code,
         failures=_int_or_none(annotations.get(ANNOTATION_FAILURES)) or 0,
         draining_since=parse_time(annotations.get(ANNOTATION_DRAINING)),
+        has_gpu=_requests_gpu(spec),
     )
 
 

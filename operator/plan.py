@@ -228,7 +228,8 @@ def _replica_rows(obs: Observed, failed: dict[str, str], draining: set[str]) -> 
                 replica=pod.replica or 0,
                 revision=pod.revision or "",
                 node=pod.node,
-                gpu_product=node.gpu_product if node else None,
+                # A CPU worker may run on a GPU node without using its GPU.
+                gpu_product=node.gpu_product if node and pod.has_gpu else None,
                 ready=pod.ready and pod.name not in failed,
                 draining=pod.draining_since is not None or pod.name in draining,
                 restarts=pod.restarts,

@@ -26,6 +26,7 @@ from kubeinfer.operator.api.status import (
     RolloutPhase,
 )
 from kubeinfer.operator.builders.common import Images
+from kubeinfer.operator.builders.cpubackend import cpu_memory_warnings
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
 from kubeinfer.operator.builders.router import (
     build_router_deployment,
@@ -37,7 +38,7 @@ from kubeinfer.operator.builders.router import (
     router_endpoint,
 )
 from kubeinfer.operator.builders.routing import build_routes_configmap, build_routing_table
-from kubeinfer.operator.builders.worker import build_worker_pod
+from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.observe import ANNOTATION_DRAINING, NodeInfo, PodInfo, format_time
@@ -258,11 +259,11 @@ async def reconcile(
         stats=stats,
         routers_ready=len(router_ips),
         now=now,
-        warnings=vram_warnings(isvc.spec, _nodes_for_vram(nodes)),
+        warnings=vram_warnings(isvc.spec, _nodes_for_vram(nodes)) + cpu_memory_warnings(isvc.spec),
     )
     plan = plan_reconcile(
         isvc,
-        revision=compute_revision(isvc.spec, ctx.images.worker),
+        revision=compute_revision(isvc.spec, worker_image(isvc.spec, ctx.images)),
         template=revision_template(isvc.spec),
         observed=observed,
     )

@@ -1,4 +1,4 @@
-"""Does the model fit the GPU? ("warn but allow")
+"""Does the model fit the GPU? ("warn but allow"; CPU workers: builders.cpubackend)
 
 The estimate is deliberately simple and says so: weights (parameters x
 bytes per parameter) plus 20 % for activations and a minimal KV cache,
@@ -76,8 +76,11 @@ def matching_nodes(spec: InferenceServiceSpec, nodes: list[GpuNode]) -> list[Gpu
 def vram_warnings(spec: InferenceServiceSpec, nodes: list[GpuNode]) -> list[str]:
     """Human-readable warnings, one per GPU product that is too small.
 
-    No warning when the need is unknown or no node advertises memory.
+    No warning when the need is unknown or no node advertises memory, and
+    none for CPU workers (gpu.count 0): they use no GPU memory at all.
     """
+    if spec.gpu.cpu_only:
+        return []
     need = estimate_vram_gib(spec.model)
     candidates = matching_nodes(spec, nodes)
     if not candidates and nodes:

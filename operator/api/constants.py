@@ -34,6 +34,9 @@ ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
 # Container images. The local runtime (tests/localcluster) recognises these
 # repositories (any tag) and runs the matching console script for them.
 IMAGE_REPOSITORY_WORKER: Final = "ghcr.io/kubeinfer/worker"
+# The same agent on vLLM's CPU backend (worker-image/Dockerfile.cpu), for
+# InferenceServices with gpu.count 0.
+IMAGE_REPOSITORY_WORKER_CPU: Final = "ghcr.io/kubeinfer/worker-cpu"
 IMAGE_REPOSITORY_ROUTER: Final = "ghcr.io/kubeinfer/router"
 IMAGE_REPOSITORY_OPERATOR: Final = "ghcr.io/kubeinfer/operator"
 DEFAULT_IMAGE_TAG: Final = "0.1.0"
@@ -55,3 +58,11 @@ DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
 # The router's API key (from the Secret in spec.routing); when set, clients
 # must send `Authorization: Bearer <key>` to the OpenAI endpoints.
 ENV_API_KEY: Final = "KUBEINFER_API_KEY"
+
+# The worker's device (`kubeinfer-worker --device`): a GPU watched through
+# NVML, or none (vLLM's CPU backend, gpu.count 0).
+WORKER_DEVICE_GPU: Final = "gpu"
+WORKER_DEVICE_CPU: Final = "cpu"
+# vLLM's CPU backend sizes its KV cache from this variable (GiB), not from
+# --gpu-memory-utilization; the operator derives it from the pod's memory.
+ENV_VLLM_CPU_KVCACHE_SPACE: Final = "VLLM_CPU_KVCACHE_SPACE"

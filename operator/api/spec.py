@@ -29,11 +29,11 @@ class Strategy(StrEnum):
 
 
 class Placement(StrEnum):
-    """How worker pods are spread over GPU nodes."""
+    """How worker pods are spread over nodes."""
 
     SPREAD = "spread"  # one failing node takes out as few replicas as possible
     PACK = "pack"  # fill nodes, leave whole nodes free for others
-    LARGEST_FIRST = "largest-first"  # prefer the GPUs with the most memory
+    LARGEST_FIRST = "largest-first"  # prefer the GPUs with the most memory (needs a GPU)
 
 
 class Engine(StrEnum):
@@ -78,7 +78,10 @@ class EngineArgs(ApiModel):
         Field(
             gt=0.0,
             le=1.0,
-            description="Fraction of GPU memory vLLM may use (--gpu-memory-utilization).",
+            description=(
+                "Fraction of GPU memory vLLM may use (--gpu-memory-utilization); "
+                "not used on CPU (gpu.count 0)."
+            ),
         ),
     ] = 0.9
     max_num_seqs: Annotated[
@@ -125,7 +128,9 @@ class ModelSpec(ApiModel):
             alias="vramGiB",
             gt=0,
             le=4096,
-            description="GPU memory the model needs, in GiB; estimated when absent.",
+            description=(
+                "Memory the model needs, in GiB (GPU memory; RAM on CPU); estimated when absent."
+            ),
         ),
     ] = None
     parameters_billions: Annotated[
@@ -170,14 +175,54 @@ class Toleration(ApiModel):
     ] = None
 
 
-class GPUSpec(ApiModel):
-    """Which GPUs the workers get: always exactly one per worker pod."""
+# With no GPU there is nothing for these to select; say so rather than
+# silently ignoring a setting the user believes is in force.
+NO_GPU_SELECTORS_MESSAGE = (
+    "gpu.product and gpu.minMemoryMiB select GPUs: leave them out when gpu.count is 0"
+)
+NO_GPU_LARGEST_FIRST_MESSAGE = (
+    "gpu.placement largest-first ranks nodes by GPU memory: use spread or pack when gpu.count is 0"
+)
 
+
+class GPUSpec(ApiModel):
+    """Which GPUs the workers get: one per worker pod, or none (count 0)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.count) || self.count != 0 || "
+                    "(!has(self.product) && !has(self.minMemoryMiB))",
+                    NO_GPU_SELECTORS_MESSAGE,
+                ),
+                cel(
+                    "!has(self.count) || self.count != 0 || "
+                    "!has(self.placement) || self.placement != 'largest-first'",
+                    NO_GPU_LARGEST_FIRST_MESSAGE,
+                ),
+            ]
+        }
+    }
+
+    count: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1,
+            description=(
+                "GPUs per worker pod: 1 (default), or 0 to run vLLM's CPU backend with no GPU."
+            ),
+        ),
+    ] = 1
     resource_name: Annotated[
         str,
         Field(
             pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
-            description="Extended resource of one GPU (nvidia.com/gpu, or a MIG profile).",
+            description=(
+                "Extended resource of one GPU (nvidia.com/gpu, or a MIG profile); "
+                "ignored when count is 0."
+            ),
         ),
     ] = "nvidia.com/gpu"
     product: Annotated[
@@ -196,11 +241,31 @@ class GPUSpec(ApiModel):
         ),
     ] = None
     placement: Annotated[
-        Placement, Field(description="spread (default, for HA), pack or largest-first.")
+        Placement,
+        Field(description="spread (default, for HA), pack or largest-first (needs a GPU)."),
     ] = Placement.SPREAD
     tolerations: Annotated[
-        list[Toleration], Field(max_length=32, description="Tolerations for GPU node taints.")
+        list[Toleration],
+        Field(
+            max_length=32,
+            description=(
+                "Tolerations for node taints; GPU workers always tolerate nvidia.com/gpu."
+            ),
+        ),
     ] = Field(default_factory=list)
+
+    @property
+    def cpu_only(self) -> bool:
+        """No GPU: the worker runs vLLM's CPU backend."""
+        return self.count == 0
+
+    @model_validator(mode="after")
+    def _no_gpu_selectors_without_a_gpu(self) -> Self:
+        if self.cpu_only and (self.product is not None or self.min_memory_mi_b is not None):
+            raise ValueError(NO_GPU_SELECTORS_MESSAGE)
+        if self.cpu_only and self.placement is Placement.LARGEST_FIRST:
+            raise ValueError(NO_GPU_LARGEST_FIRST_MESSAGE)
+        return self
 
 
 class ResourceSpec(ApiModel):
@@ -332,7 +397,10 @@ class RolloutSpec(ApiModel):
         Field(
             ge=0,
             le=1024,
-            description="Extra GPUs allowed during a rollout; 0 replaces pods one at a time.",
+            description=(
+                "Extra worker pods (so GPUs) allowed during a rollout; "
+                "0 replaces pods one at a time."
+            ),
         ),
     ] = 1
     analysis: Annotated[AnalysisSpec, Field(description="Thresholds for judging the canary.")] = (
@@ -386,18 +454,24 @@ class SimulatorSpec(ApiModel):
 
 
 class WorkerSpec(ApiModel):
-    """The worker pods (one GPU each)."""
+    """The worker pods (one GPU each, or none with gpu.count 0)."""
 
     engine: Annotated[Engine, Field(description="vllm (default) or simulated (no GPU needed).")] = (
         Engine.VLLM
     )
     image: Annotated[
         str | None,
-        Field(max_length=512, description="Worker image; kubeinfer's vLLM image when absent."),
+        Field(
+            max_length=512,
+            description=(
+                "Worker image; kubeinfer's vLLM image (its CPU variant with gpu.count 0) "
+                "when absent."
+            ),
+        ),
     ] = None
-    resources: Annotated[ResourceSpec, Field(description="CPU and memory besides the GPU.")] = (
-        Field(default_factory=lambda: ResourceSpec(cpu="4", memory="32Gi"))
-    )
+    resources: Annotated[
+        ResourceSpec, Field(description="CPU and memory of each worker pod, besides its GPU.")
+    ] = Field(default_factory=lambda: ResourceSpec(cpu="4", memory="32Gi"))
     simulator: Annotated[
         SimulatorSpec, Field(description="Simulated engine settings (engine: simulated).")
     ] = Field(default_factory=SimulatorSpec)
@@ -416,7 +490,7 @@ class WorkerSpec(ApiModel):
 
 
 class InferenceServiceSpec(ApiModel):
-    """What the user asks for: a model on `replicas` GPUs, behind a router."""
+    """What the user asks for: a model on `replicas` worker pods, behind a router."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -432,11 +506,16 @@ class InferenceServiceSpec(ApiModel):
 
     model: Annotated[ModelSpec, Field(description="The model to serve.")]
     replicas: Annotated[
-        int, Field(ge=0, le=1024, description="GPUs, one worker pod each (0 allowed).")
+        int,
+        Field(
+            ge=0,
+            le=1024,
+            description="Worker pods, one GPU each unless gpu.count is 0 (0 pods allowed).",
+        ),
     ] = 1
-    gpu: Annotated[GPUSpec, Field(description="Which GPUs and how to place pods.")] = Field(
-        default_factory=GPUSpec
-    )
+    gpu: Annotated[
+        GPUSpec, Field(description="GPUs per worker pod, which GPUs, and how to place pods.")
+    ] = Field(default_factory=GPUSpec)
     routing: Annotated[RoutingSpec, Field(description="Load balancing.")] = Field(
         default_factory=RoutingSpec
     )

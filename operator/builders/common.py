@@ -17,6 +17,8 @@ class Images:
     """The images the operator runs; chosen by whoever deploys the operator."""
 
     worker: str = f"{c.IMAGE_REPOSITORY_WORKER}:{c.DEFAULT_IMAGE_TAG}"
+    # For InferenceServices with gpu.count 0: vLLM's CPU build.
+    worker_cpu: str = f"{c.IMAGE_REPOSITORY_WORKER_CPU}:{c.DEFAULT_IMAGE_TAG}"
     router: str = f"{c.IMAGE_REPOSITORY_ROUTER}:{c.DEFAULT_IMAGE_TAG}"
 
 

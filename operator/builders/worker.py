@@ -1,4 +1,4 @@
-"""The worker Pod: one GPU, one engine, one replica of an InferenceService.
+"""The worker Pod: one GPU (or none), one engine, one replica of an InferenceService.
 
 The operator owns these pods directly (no Deployment): it picks which pod
 to replace, labels each with its revision and replica index, and sizes
@@ -22,7 +22,8 @@ from kubeinfer.operator.builders.common import (
     secret_env,
     worker_selector,
 )
-from kubeinfer.operator.vram import estimate_vram_gib
+from kubeinfer.operator.builders.cpubackend import cpu_kv_cache_gib
+from kubeinfer.operator.vram import LABEL_GPU_PRODUCT, estimate_vram_gib
 
 # Where a pvc:// model source is mounted (KServe's convention).
 MODEL_MOUNT = "/mnt/models"
@@ -38,6 +39,17 @@ STARTUP_SECONDS_PER_GIB = 30
 STARTUP_PERIOD_SECONDS = 10
 # Memory buckets for largest-first placement (MiB, GFD's unit).
 LARGEST_FIRST_BUCKETS = ((80_000, 100), (40_000, 60), (20_000, 30))
+# CPU workers prefer nodes without GPUs (no GPU product label), so that
+# they leave GPU nodes' CPUs and memory to the pods that need the GPUs;
+# weaker than avoiding a node where the replica failed before.
+CPU_AWAY_FROM_GPUS_WEIGHT = 50
+
+
+def worker_image(spec: InferenceServiceSpec, images: Images) -> str:
+    """The image a worker pod runs: the spec's own, else ours for its device."""
+    if spec.worker.image:
+        return spec.worker.image
+    return images.worker_cpu if spec.gpu.cpu_only else images.worker
 
 
 def worker_pod_name(service: str, revision: str, replica: int, replaces: str | None = None) -> str:
@@ -79,6 +91,10 @@ def _worker_args(spec: InferenceServiceSpec) -> list[str]:
     if spec.worker.engine.value == "simulated":
         sim_json = spec.worker.simulator.model_dump_json(by_alias=True, exclude_none=True)
         args.append(f"--simulator-spec={sim_json}")
+    if spec.gpu.cpu_only:
+        # Only when there is no GPU: a GPU pod's command line stays what
+        # older worker images (pinned in spec.worker.image) understand.
+        args.append(f"--device={c.WORKER_DEVICE_CPU}")
     return args
 
 
@@ -117,6 +133,8 @@ def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     if spec.model.secret_ref is not None:
         ref = spec.model.secret_ref
         env.append(secret_env("HF_TOKEN", ref.name, ref.key))
+    if spec.gpu.cpu_only:
+        env.append({"name": c.ENV_VLLM_CPU_KVCACHE_SPACE, "value": str(cpu_kv_cache_gib(spec))})
     return env
 
 
@@ -159,6 +177,15 @@ def _affinity(
             }
             for mib, weight in LARGEST_FIRST_BUCKETS
         ]
+    if spec.gpu.cpu_only:
+        node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+            {
+                "weight": CPU_AWAY_FROM_GPUS_WEIGHT,
+                "preference": {
+                    "matchExpressions": [{"key": LABEL_GPU_PRODUCT, "operator": "DoesNotExist"}]
+                },
+            }
+        )
     if avoid_nodes:
         node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
             {"weight": 100, "preference": {"matchExpressions": [_not_on(avoid_nodes)]}}
@@ -182,10 +209,24 @@ def _affinity(
 
 def _tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule (GKE does it
-    # automatically); a GPU pod always tolerates that.
-    tolerations = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    # automatically); a GPU pod always tolerates that. A CPU worker does
+    # not: the taint is there to keep pods that need no GPU off GPU nodes.
+    tolerations = []
+    if not spec.gpu.cpu_only:
+        tolerations.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
     tolerations += [t.to_dict() for t in spec.gpu.tolerations]
     return tolerations
+
+
+def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """Requests and limits; the GPU (exactly one) only when the spec wants one."""
+    resources = spec.worker.resources
+    requests = {"cpu": resources.cpu, "memory": resources.memory}
+    limits = {"memory": resources.memory}
+    if not spec.gpu.cpu_only:
+        requests[spec.gpu.resource_name] = "1"
+        limits[spec.gpu.resource_name] = "1"
+    return {"requests": requests, "limits": limits}
 
 
 def build_worker_pod(
@@ -216,11 +257,9 @@ def build_worker_pod(
     }
     name = worker_pod_name(meta.name, revision, replica, replaces)
     volumes, mounts = _volumes(spec)
-    resources = spec.worker.resources
-    gpu = spec.gpu.resource_name
     container: dict[str, Any] = {
         "name": "worker",
-        "image": spec.worker.image or images.worker,
+        "image": worker_image(spec, images),
         "imagePullPolicy": "IfNotPresent",
         "command": ["kubeinfer-worker"],
         "args": _worker_args(spec),
@@ -229,10 +268,7 @@ def build_worker_pod(
             {"name": "agent", "containerPort": c.WORKER_AGENT_PORT, "protocol": "TCP"},
         ],
         "env": _env(spec),
-        "resources": {
-            "requests": {"cpu": resources.cpu, "memory": resources.memory, gpu: "1"},
-            "limits": {"memory": resources.memory, gpu: "1"},
-        },
+        "resources": _resources(spec),
         "startupProbe": {
             "httpGet": {"path": "/ready", "port": "agent"},
             "periodSeconds": STARTUP_PERIOD_SECONDS,
@@ -265,8 +301,10 @@ def build_worker_pod(
         "securityContext": restricted_pod_security(),
         "containers": [container],
         "volumes": volumes,
-        "tolerations": _tolerations(spec),
     }
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if spec.gpu.product:
         pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu.product}
     affinity = _affinity(spec, meta.name, avoid_nodes, exclude_nodes)

@@ -32,6 +32,7 @@ class TestImageRepository:
             ("ghcr.io/kubeinfer/worker:0.1.0", "ghcr.io/kubeinfer/worker"),
             ("ghcr.io/kubeinfer/router", "ghcr.io/kubeinfer/router"),
             ("ghcr.io/kubeinfer/operator@sha256:abc", "ghcr.io/kubeinfer/operator"),
+            ("ghcr.io/kubeinfer/worker-cpu:0.1.0", "ghcr.io/kubeinfer/worker-cpu"),
             ("ghcr.io/kubeinfer/worker-debug:1", None),
             ("docker.io/ghcr.io/kubeinfer/worker:1", None),
             ("registry.k8s.io/pause:3.10", None),

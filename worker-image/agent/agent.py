@@ -2,6 +2,8 @@
 
 The same code runs both engines; only the child's command line (and, for
 the simulated engine, the simulated GPU behind the NVML adapter) differs.
+A worker without a GPU (--device cpu) has no WatchedGpu: no NVML thread,
+no Xid/ECC/stuck checks, nothing GPU-shaped in /gpu or /metrics.
 
 Life of a worker:
 
@@ -58,6 +60,16 @@ class Phase(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class WatchedGpu:
+    """The worker's GPU: NVML behind it, its state at start-up (the baseline
+    for new ECC errors), and the simulated device when the engine is simulated."""
+
+    nvml: Gpu
+    baseline: GpuSnapshot
+    simulated: SimulatedGpu | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How the worker ends: its exit code and the termination message (if any)."""
 
@@ -71,19 +83,16 @@ class Agent:
     def __init__(
         self,
         config: WorkerConfig,
-        gpu: Gpu,
-        baseline: GpuSnapshot,
+        gpu: WatchedGpu | None,
         command: list[str],
         env: dict[str, str],
-        simulated_gpu: SimulatedGpu | None = None,
     ):
         self.config = config
         self.gpu = gpu
-        self.baseline = baseline
-        self.last_snapshot: GpuSnapshot = baseline
+        self.last_snapshot: GpuSnapshot | None = gpu.baseline if gpu else None
         self.command = command
         self.env = env
-        self.simulated_gpu = simulated_gpu
+        self.simulated_gpu = gpu.simulated if gpu else None
         self.phase = Phase.STARTING
         self.phase_since = time.monotonic()
         self.started = time.monotonic()
@@ -145,12 +154,12 @@ class Agent:
             return False
         return True
 
-    def _nvml_thread(self) -> None:
+    def _nvml_thread(self, gpu: WatchedGpu) -> None:
         """All NVML calls happen here: a wedged driver must not block the event loop."""
         poll = self.config.gpu_poll_seconds
         events = False
         try:
-            events = self.gpu.register_events() != 0
+            events = gpu.nvml.register_events() != 0
         except GpuError as error:
             log.warning("NVML events unavailable, polling only: %s", error)
         next_read = time.monotonic() + poll
@@ -158,15 +167,15 @@ class Agent:
             try:
                 wait = max(0.0, next_read - time.monotonic())
                 if events:
-                    event = self.gpu.wait_event(min(wait, poll) or 0.001, time.time())
+                    event = gpu.nvml.wait_event(min(wait, poll) or 0.001, time.time())
                     if event is not None and not self._post(self._on_gpu_event, event):
                         return
                 else:
                     self._thread_stop.wait(wait)
                 if time.monotonic() >= next_read:
                     next_read = time.monotonic() + poll
-                    snapshot = self.gpu.snapshot(time.time())
-                    if not self._post(self._on_snapshot, snapshot):
+                    snapshot = gpu.nvml.snapshot(time.time())
+                    if not self._post(self._on_snapshot, snapshot, gpu.baseline):
                         return
             except GpuLostError as error:
                 self._post(self._on_gpu_fatal, str(error))
@@ -189,10 +198,10 @@ class Agent:
             self.gpu_fault = reason
         self._fail(ExitCode.GPU_FAULT, reason)
 
-    def _on_snapshot(self, snapshot: GpuSnapshot) -> None:
+    def _on_snapshot(self, snapshot: GpuSnapshot, baseline: GpuSnapshot) -> None:
         self.last_snapshot = snapshot
         self._read_failures.observe(None)
-        reason = ecc_fault(snapshot, self.baseline)
+        reason = ecc_fault(snapshot, baseline)
         if reason is not None:
             self._on_gpu_fatal(reason)
 
@@ -206,7 +215,8 @@ class Agent:
         """0% GPU utilisation with requests running, for stuck_seconds: a stuck GPU."""
         while True:
             await asyncio.sleep(self.config.gpu_poll_seconds)
-            utilization = self.last_snapshot.utilization_percent
+            snapshot = self.last_snapshot
+            utilization = snapshot.utilization_percent if snapshot is not None else None
             running = 0
             if self.phase is Phase.SERVING and utilization == 0:
                 load = await probe.load()
@@ -353,10 +363,14 @@ class Agent:
         except OSError as error:
             return Outcome(ExitCode.ENGINE, f"cannot start the engine {self.command[0]}: {error}")
         self._set_phase(Phase.LOADING)
-        threading.Thread(target=self._nvml_thread, name="nvml", daemon=True).start()
         tasks.append(asyncio.create_task(self._watch_process(child)))
         tasks.append(asyncio.create_task(self._watch_health(probe)))
-        tasks.append(asyncio.create_task(self._watch_stuck(probe)))
+        if self.gpu is not None:
+            thread = threading.Thread(
+                target=self._nvml_thread, args=(self.gpu,), name="nvml", daemon=True
+            )
+            thread.start()
+            tasks.append(asyncio.create_task(self._watch_stuck(probe)))
         if self._control is not None:
             tasks.append(asyncio.create_task(self._control.serve(self._on_control)))
         stop = asyncio.create_task(self._stop.wait())

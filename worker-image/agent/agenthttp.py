@@ -3,8 +3,8 @@
 GET  /ready          200 when the engine answers, the GPU is healthy and
                      the worker is not draining; 503 otherwise
 GET  /live           200 while the agent runs (it exits on fatal faults)
-GET  /gpu            the last NVML snapshot as JSON
-GET  /metrics        GPU and agent metrics (Prometheus)
+GET  /gpu            the last NVML snapshot as JSON (404 without a GPU)
+GET  /metrics        GPU (when there is one) and agent metrics (Prometheus)
 GET  /admin/faults   current fault settings (simulated engine only)
 POST /admin/faults   change them (see docs/worker.md)
 """
@@ -53,6 +53,8 @@ async def live(request: web.Request) -> web.Response:
 async def gpu(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     snapshot = agent.last_snapshot
+    if snapshot is None:
+        return _error(404, "no GPU: this worker runs on CPU (--device cpu)")
     body = snapshot.to_json()
     body["ageSeconds"] = round(max(0.0, time.time() - snapshot.time), 3)
     body["healthy"] = agent.gpu_fault is None

@@ -1,12 +1,15 @@
 """The agent's `/metrics`: the GPU as NVML sees it, and the agent's state.
 
 Read from the agent's last NVML snapshot at scrape time; no NVML call
-happens in a scrape.
+happens in a scrape. A worker without a GPU (--device cpu) exports the
+agent's state only: no kubeinfer_gpu_* series at all, rather than zeros
+that a dashboard would read as an idle GPU.
 """
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from kubeinfer.worker.nvml import GpuSnapshot
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -19,20 +22,15 @@ class AgentCollector:
         self._agent = agent
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._agent_metrics()
+        snapshot = self._agent.last_snapshot
+        if snapshot is not None:
+            yield from self._gpu_metrics(snapshot)
+
+    def _agent_metrics(self) -> Iterator[Metric]:
         from kubeinfer.worker.agent import Phase
 
         agent = self._agent
-        snap = agent.last_snapshot
-        gpu = {"gpu": snap.uuid}
-        keys, values = list(gpu), list(gpu.values())
-
-        def gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
-            if value is None:
-                return
-            family = GaugeMetricFamily(name, doc, labels=keys)
-            family.add_metric(values, value)
-            yield family
-
         ready, _why = agent.readiness()
         yield GaugeMetricFamily("kubeinfer_worker_ready", "1 when /ready answers 200.", ready)
         phase = GaugeMetricFamily(
@@ -46,6 +44,18 @@ class AgentCollector:
             "Running plus waiting requests at the engine's last scrape by the agent.",
             agent.engine_load.in_flight,
         )
+
+    def _gpu_metrics(self, snap: GpuSnapshot) -> Iterator[Metric]:
+        agent = self._agent
+        keys, values = ["gpu"], [snap.uuid]
+
+        def gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+            if value is None:
+                return
+            family = GaugeMetricFamily(name, doc, labels=keys)
+            family.add_metric(values, value)
+            yield family
+
         info = GaugeMetricFamily(
             "kubeinfer_gpu_info", "The worker's GPU.", labels=["gpu", "name", "driver"]
         )

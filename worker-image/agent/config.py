@@ -1,8 +1,8 @@
 """The worker's command line: what the operator's pod builder emits.
 
     kubeinfer-worker --engine {vllm,simulated} --model-spec JSON
-        [--simulator-spec JSON] [--host H] [--port 8000] [--agent-port 8081]
-        [--drain-seconds 30] [--termination-log PATH]
+        [--device {gpu,cpu}] [--simulator-spec JSON] [--host H] [--port 8000]
+        [--agent-port 8081] [--drain-seconds 30] [--termination-log PATH]
 
 Specs are the API models' JSON (camelCase). They may also come from the
 environment (KUBEINFER_MODEL_SPEC, KUBEINFER_SIMULATOR_SPEC), which keeps
@@ -12,6 +12,7 @@ long JSON out of `ps` and lets a pod template use a ConfigMap.
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TypeVar
 
 from kubeinfer.operator.api import Engine, ModelSpec, SimulatorSpec
@@ -20,6 +21,8 @@ from kubeinfer.operator.api.constants import (
     ENV_BIND_HOST,
     ENV_TERMINATION_LOG,
     WORKER_AGENT_PORT,
+    WORKER_DEVICE_CPU,
+    WORKER_DEVICE_GPU,
     WORKER_HTTP_PORT,
 )
 from pydantic import ValidationError
@@ -29,6 +32,13 @@ ENV_SIMULATOR_SPEC = "KUBEINFER_SIMULATOR_SPEC"
 DEFAULT_BIND_HOST = "0.0.0.0"
 
 M = TypeVar("M", ModelSpec, SimulatorSpec)
+
+
+class Device(StrEnum):
+    """What the engine runs on."""
+
+    GPU = WORKER_DEVICE_GPU  # one GPU, checked and watched through NVML (mandatory)
+    CPU = WORKER_DEVICE_CPU  # no GPU: vLLM's CPU backend; NVML is never loaded
 
 
 class ConfigError(ValueError):
@@ -47,6 +57,7 @@ class WorkerConfig:
     agent_port: int
     drain_seconds: float
     termination_log: str
+    device: Device = Device.GPU
     # GPU watch: how often NVML is read, and how long 0% utilisation with
     # requests running counts as a stuck GPU.
     gpu_poll_seconds: float = 1.0
@@ -73,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--engine", required=True, choices=[e.value for e in Engine])
     parser.add_argument("--model-spec", help=f"ModelSpec JSON (default: ${ENV_MODEL_SPEC})")
+    parser.add_argument(
+        "--device",
+        choices=[d.value for d in Device],
+        default=Device.GPU.value,
+        help="gpu (default; NVML must work) or cpu (vLLM's CPU backend, no GPU checks)",
+    )
     parser.add_argument(
         "--simulator-spec", help=f"SimulatorSpec JSON (default: ${ENV_SIMULATOR_SPEC})"
     )
@@ -146,6 +163,7 @@ def parse_worker_args(argv: Sequence[str], env: Mapping[str, str]) -> WorkerConf
         agent_port=args.agent_port,
         drain_seconds=args.drain_seconds,
         termination_log=termination_log,
+        device=Device(args.device),
         gpu_poll_seconds=max(args.gpu_poll_seconds, 0.05),
         stuck_seconds=args.stuck_seconds,
         unresponsive_seconds=args.unresponsive_seconds,

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kubeinfer.operator.api import Dtype, ModelSpec, SimulatorSpec
+from kubeinfer.operator.api.constants import ENV_VLLM_CPU_KVCACHE_SPACE
+from kubeinfer.worker.config import Device
 
 
 class LaunchError(ValueError):
@@ -36,6 +38,15 @@ FIELD_FLAGS = {
     "--revision": "revision",
 }
 REMOTE_SCHEMES = ("s3://", "gs://")
+# KV cache (GiB) on vLLM's CPU backend when nothing set it (the operator
+# derives it from the pod's memory; this is for a worker run by hand).
+# It must always be set: without it vLLM 0.32 reserves
+# gpuMemoryUtilization x the whole NUMA node's memory, blind to the pod's
+# memory limit, and the pod is OOM-killed.
+DEFAULT_CPU_KVCACHE_GIB = 4
+# vLLM applies VLLM_CPU_KVCACHE_SPACE over this flag; a user who sets the
+# flag in extraArgs means it, so the variable is left out then.
+KV_CACHE_FLAG = "--kv-cache-memory-bytes"
 
 
 @dataclass(frozen=True)
@@ -116,8 +127,14 @@ def _has_flag(args: list[str], flag: str) -> bool:
     return any(_flag_name(arg) == flag for arg in args)
 
 
-def build_vllm_command(model: ModelSpec, host: str, port: int) -> list[str]:
-    """`vllm serve` with the model spec's engine args. Raises LaunchError."""
+def build_vllm_command(
+    model: ModelSpec, host: str, port: int, device: Device = Device.GPU
+) -> list[str]:
+    """`vllm serve` with the model spec's engine args. Raises LaunchError.
+
+    On CPU there is no --gpu-memory-utilization: vLLM's CPU backend sizes
+    its KV cache from VLLM_CPU_KVCACHE_SPACE instead (build_vllm_env).
+    """
     check_extra_args(model)
     location = model_location(model.source)
     args = model.engine_args
@@ -138,7 +155,8 @@ def build_vllm_command(model: ModelSpec, host: str, port: int) -> list[str]:
         command += ["--max-model-len", str(args.max_model_len)]
     if args.dtype is not Dtype.AUTO:
         command += ["--dtype", args.dtype.value]
-    command += ["--gpu-memory-utilization", f"{args.gpu_memory_utilization:g}"]
+    if device is Device.GPU:
+        command += ["--gpu-memory-utilization", f"{args.gpu_memory_utilization:g}"]
     if args.max_num_seqs is not None:
         command += ["--max-num-seqs", str(args.max_num_seqs)]
     if location.kind == "remote" and not _has_flag(args.extra_args, "--load-format"):
@@ -148,7 +166,9 @@ def build_vllm_command(model: ModelSpec, host: str, port: int) -> list[str]:
     return command
 
 
-def build_vllm_env(env: Mapping[str, str], model: ModelSpec) -> dict[str, str]:
+def build_vllm_env(
+    env: Mapping[str, str], model: ModelSpec, device: Device = Device.GPU
+) -> dict[str, str]:
     """vLLM's environment: ours (HF_TOKEN included, from the Secret), plus defaults.
 
     Nothing here is logged: HF_TOKEN must never reach a log line.
@@ -159,6 +179,11 @@ def build_vllm_env(env: Mapping[str, str], model: ModelSpec) -> dict[str, str]:
     out.setdefault("DO_NOT_TRACK", "1")
     if model_location(model.source).kind == "local":
         out.setdefault("HF_HUB_OFFLINE", "1")
+    if device is Device.CPU:
+        if _has_flag(model.engine_args.extra_args, KV_CACHE_FLAG):
+            out.pop(ENV_VLLM_CPU_KVCACHE_SPACE, None)
+        else:
+            out.setdefault(ENV_VLLM_CPU_KVCACHE_SPACE, str(DEFAULT_CPU_KVCACHE_GIB))
     return out
 
 

@@ -1,5 +1,8 @@
 """`kubeinfer-worker`: check the GPU, start the engine, watch it, drain, explain the exit.
 
+With --device cpu (vLLM's CPU backend, gpu.count 0) there is no GPU to
+check: NVML is never loaded. With a GPU (the default) NVML is mandatory.
+
 Exit status and the one-line reason in the termination log are described
 in kubeinfer.worker.failures.ExitCode and docs/worker.md.
 """
@@ -13,9 +16,9 @@ from collections.abc import Mapping, Sequence
 
 from kubeinfer.operator.api import Engine
 from kubeinfer.operator.api.constants import DEFAULT_TERMINATION_LOG, ENV_TERMINATION_LOG
-from kubeinfer.worker.agent import Agent, Outcome
+from kubeinfer.worker.agent import Agent, Outcome, WatchedGpu
 from kubeinfer.worker.agenthttp import agent_app
-from kubeinfer.worker.config import ConfigError, WorkerConfig, parse_worker_args
+from kubeinfer.worker.config import ConfigError, Device, WorkerConfig, parse_worker_args
 from kubeinfer.worker.failures import ExitCode, write_termination_message
 from kubeinfer.worker.gpuhealth import precheck_fault
 from kubeinfer.worker.launcher import (
@@ -35,19 +38,29 @@ log = logging.getLogger("kubeinfer.worker")
 ENV_SIM_GPU_MEMORY_GIB = "KUBEINFER_SIM_GPU_MEMORY_GIB"
 
 
-def _open_gpu(config: WorkerConfig, env: Mapping[str, str]) -> tuple[Gpu, SimulatedGpu | None]:
-    """The GPU behind the NVML adapter: real, or simulated for the simulated engine.
+def _open_gpu(config: WorkerConfig, env: Mapping[str, str]) -> WatchedGpu | None:
+    """The GPU behind the NVML adapter: real, or simulated for the simulated
+    engine; None for a worker without a GPU (--device cpu).
 
-    Raises GpuError (NoGpuError when there is none).
+    Raises GpuError (NoGpuError when a GPU is wanted and there is none).
     """
+    if config.device is Device.CPU:
+        return None
+    simulated: SimulatedGpu | None = None
     if config.engine is Engine.SIMULATED:
         memory = float(env.get(ENV_SIM_GPU_MEMORY_GIB, "80"))
         simulated = SimulatedGpu(memory_total_gib=memory, seed=f"{config.host}:{config.port}")
-        return Gpu.open(simulated, DeviceSelector()), simulated
-    import pynvml
+        gpu = Gpu.open(simulated, DeviceSelector())
+    else:
+        import pynvml
 
-    library: NvmlLibrary = pynvml
-    return Gpu.open(library, select_device(env)), None
+        library: NvmlLibrary = pynvml
+        gpu = Gpu.open(library, select_device(env))
+    try:
+        return WatchedGpu(gpu, gpu.snapshot(time.time()), simulated)
+    except GpuError:
+        gpu.close()
+        raise
 
 
 def _engine_command(
@@ -59,8 +72,8 @@ def _engine_command(
             config.model, config.simulator, config.host, config.port, control_fd=None
         )
         return command, dict(env)
-    command = build_vllm_command(config.model, config.host, config.port)
-    return command, build_vllm_env(env, config.model)
+    command = build_vllm_command(config.model, config.host, config.port, config.device)
+    return command, build_vllm_env(env, config.model, config.device)
 
 
 def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:
@@ -73,10 +86,27 @@ def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:
     if missing is not None:
         return Outcome(ExitCode.STARTUP, missing)
     try:
-        gpu, simulated = _open_gpu(config, env)
-        baseline = gpu.snapshot(time.time())
+        gpu = _open_gpu(config, env)
     except GpuError as error:
         return Outcome(ExitCode.STARTUP, str(error))
+    if gpu is None:
+        log.info("no GPU (--device cpu): vLLM's CPU backend, no NVML checks")
+    else:
+        fault = _precheck(gpu, config)
+        if fault is not None:
+            gpu.nvml.close()
+            return Outcome(ExitCode.STARTUP, fault)
+    agent = Agent(config, gpu, command, engine_env)
+    try:
+        return asyncio.run(agent.run(agent_app(agent)))
+    finally:
+        if gpu is not None:
+            gpu.nvml.close()
+
+
+def _precheck(gpu: WatchedGpu, config: WorkerConfig) -> str | None:
+    """Log the GPU; the reason the model can't fit in its free memory, or None."""
+    baseline = gpu.baseline
     log.info(
         "GPU %s %s: %.1f of %.1f GiB free",
         baseline.name,
@@ -84,15 +114,7 @@ def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:
         baseline.memory_free_bytes / 1024**3,
         baseline.memory_total_bytes / 1024**3,
     )
-    fault = precheck_fault(baseline, config.model)
-    if fault is not None:
-        gpu.close()
-        return Outcome(ExitCode.STARTUP, fault)
-    agent = Agent(config, gpu, baseline, command, engine_env, simulated)
-    try:
-        return asyncio.run(agent.run(agent_app(agent)))
-    finally:
-        gpu.close()
+    return precheck_fault(baseline, config.model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.operator.api.spec import NO_GPU_LARGEST_FIRST_MESSAGE, NO_GPU_SELECTORS_MESSAGE
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -36,7 +37,16 @@ def test_examples_are_accepted(
     obj = yaml.safe_load(path.read_text())
     obj["metadata"].pop("namespace", None)
     stored = dry_run(kube, namespace, obj)
-    assert stored["spec"]["model"] == {**stored["spec"]["model"], **obj["spec"]["model"]}
+    assert contains(stored["spec"], obj["spec"])
+
+
+def contains(stored: Any, written: Any) -> bool:
+    """Everything written is stored as written; the server may only add defaults."""
+    if isinstance(written, dict):
+        return isinstance(stored, dict) and all(
+            key in stored and contains(stored[key], value) for key, value in written.items()
+        )
+    return bool(stored == written)
 
 
 def test_server_applies_defaults(kube: KubeClient, namespace: str, operator_identity: Path) -> None:
@@ -55,6 +65,10 @@ BAD = [
         'supported values: "round-robin", "least-loaded", "weighted", "prefix-affinity"',
     ),
     ({"gpu": {"placement": "scatter"}}, 'supported values: "spread", "pack", "largest-first"'),
+    ({"gpu": {"count": 2}}, "spec.gpu.count: Invalid value: 2"),
+    ({"gpu": {"count": 0, "product": "NVIDIA-H100-80GB-HBM3"}}, NO_GPU_SELECTORS_MESSAGE),
+    ({"gpu": {"count": 0, "minMemoryMiB": 40000}}, NO_GPU_SELECTORS_MESSAGE),
+    ({"gpu": {"count": 0, "placement": "largest-first"}}, NO_GPU_LARGEST_FIRST_MESSAGE),
 ]
 
 

@@ -18,6 +18,7 @@ from kubeinfer.operator.api.constants import (
     IMAGE_REPOSITORY_OPERATOR,
     IMAGE_REPOSITORY_ROUTER,
     IMAGE_REPOSITORY_WORKER,
+    IMAGE_REPOSITORY_WORKER_CPU,
 )
 
 Pod = dict[str, Any]
@@ -26,6 +27,8 @@ Container = dict[str, Any]
 # What an image of ours runs when the pod gives no command (the image's entrypoint).
 ENTRYPOINTS: Mapping[str, str] = {
     IMAGE_REPOSITORY_WORKER: "kubeinfer-worker",
+    # The CPU variant runs the same agent; only vLLM's build differs.
+    IMAGE_REPOSITORY_WORKER_CPU: "kubeinfer-worker",
     IMAGE_REPOSITORY_ROUTER: "kubeinfer-router",
     IMAGE_REPOSITORY_OPERATOR: "kubeinfer-operator",
 }

@@ -28,4 +28,8 @@ def meta() -> ObjectMeta:
 
 @pytest.fixture
 def images() -> Images:
-    return Images(worker="ghcr.io/kubeinfer/worker:test", router="ghcr.io/kubeinfer/router:test")
+    return Images(
+        worker="ghcr.io/kubeinfer/worker:test",
+        worker_cpu="ghcr.io/kubeinfer/worker-cpu:test",
+        router="ghcr.io/kubeinfer/router:test",
+    )

@@ -119,6 +119,7 @@ class SimWorld:
                 exit_code=None,
                 failures=new.failures,
                 draining_since=None,
+                has_gpu=not parse_spec(self.spec).gpu.cpu_only,
             )
         self.max_pods_seen = max(self.max_pods_seen, len(self.pods))
 

@@ -48,6 +48,21 @@ class TestDefaults:
     def test_zero_replicas_allowed(self) -> None:
         assert parse_spec(with_("replicas", 0)).replicas == 0
 
+    @pytest.mark.parametrize(
+        ("gpu", "cpu_only"),
+        [
+            ({}, False),
+            ({"count": 1, "product": "NVIDIA-H100-80GB-HBM3"}, False),
+            ({"count": 0}, True),
+            # resourceName has a default, so it can't mean "asked for a GPU".
+            ({"count": 0, "resourceName": "nvidia.com/gpu", "placement": "pack"}, True),
+        ],
+    )
+    def test_gpu_count(self, gpu: dict[str, Any], cpu_only: bool) -> None:
+        spec = parse_spec(with_("gpu", gpu))
+        assert spec.gpu.count == (0 if cpu_only else 1)
+        assert spec.gpu.cpu_only is cpu_only
+
 
 INVALID = [
     (with_("replicas", -1), "replicas: Input should be greater than or equal to 0"),
@@ -77,6 +92,20 @@ INVALID = [
     (with_("worker.engine", "tgi"), "worker.engine: Input should be 'vllm' or 'simulated'"),
     (with_("rollout.analysis.maxErrorRate", 2), "maxErrorRate: Input should be less than or equal"),
     ({"replicas": 1}, "model: Field required"),
+    (with_("gpu.count", 2), "gpu.count: Input should be less than or equal to 1"),
+    (with_("gpu.count", -1), "gpu.count: Input should be greater than or equal to 0"),
+    (
+        with_("gpu", {"count": 0, "product": "NVIDIA-H100-80GB-HBM3"}),
+        "gpu: gpu.product and gpu.minMemoryMiB select GPUs: leave them out when gpu.count is 0",
+    ),
+    (
+        with_("gpu", {"count": 0, "minMemoryMiB": 40000}),
+        "gpu: gpu.product and gpu.minMemoryMiB select GPUs: leave them out when gpu.count is 0",
+    ),
+    (
+        with_("gpu", {"count": 0, "placement": "largest-first"}),
+        "gpu: gpu.placement largest-first ranks nodes by GPU memory",
+    ),
 ]
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubeinfer.operator.api.spec import NO_GPU_SELECTORS_MESSAGE
 from kubeinfer.operator.crdgen import build_crd, render_crd
 
 REPO = Path(__file__).resolve().parents[3]
@@ -78,3 +79,4 @@ def test_cel_rules_cover_what_the_schema_cannot_say() -> None:
     assert "rollout.steps must be strictly ascending" in rules
     assert "rollout.steps must end with 100" in rules
     assert "rollout.maxSurge must not exceed replicas" in rules
+    assert NO_GPU_SELECTORS_MESSAGE in rules

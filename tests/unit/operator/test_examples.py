@@ -43,3 +43,11 @@ def test_canary_example_is_a_new_revision_of_production() -> None:
     assert compute_revision(old, IMAGE) != compute_revision(new, IMAGE)
     assert old.routing == new.routing
     assert old.rollout == new.rollout
+
+
+def test_cpu_example_is_real_vllm_without_a_gpu() -> None:
+    spec = parse_spec(load("cpu.yaml")["spec"])
+    assert spec.gpu.count == 0
+    assert spec.worker.engine.value == "vllm"
+    assert spec.gpu.product is None
+    assert spec.gpu.min_memory_mi_b is None

@@ -272,6 +272,7 @@ class TestDeployment:
         assert ctr["command"] == ["kubeinfer-operator"]
         assert ctr["args"][1:] == [
             f"--worker-image={c.IMAGE_REPOSITORY_WORKER}:{tag}",
+            f"--worker-cpu-image={c.IMAGE_REPOSITORY_WORKER_CPU}:{tag}",
             f"--router-image={c.IMAGE_REPOSITORY_ROUTER}:{tag}",
             "--resync-seconds=2",
             "--health-port=8080",
@@ -291,13 +292,17 @@ class TestDeployment:
                         "resyncSeconds": 5,
                         "extraArgs": ["--verbose"],
                     },
-                    "worker": {"image": {"repository": "reg.local/worker", "tag": "w1"}},
+                    "worker": {
+                        "image": {"repository": "reg.local/worker", "tag": "w1"},
+                        "cpuImage": {"repository": "reg.local/worker-cpu", "tag": "c1"},
+                    },
                     "router": {"image": {"repository": "reg.local/router", "tag": "r1"}},
                 }
             )
         )
         assert (ctr["image"], ctr["imagePullPolicy"]) == ("reg.local/op:dev", "Always")
         assert "--worker-image=reg.local/worker:w1" in ctr["args"]
+        assert "--worker-cpu-image=reg.local/worker-cpu:c1" in ctr["args"]
         assert "--router-image=reg.local/router:r1" in ctr["args"]
         assert "--resync-seconds=5" in ctr["args"]
         assert ctr["args"][-1] == "--verbose"

@@ -156,19 +156,27 @@ def test_scale_down_removes_not_ready_pods_first() -> None:
     assert plan.drain == []
 
 
-def test_insufficient_gpu_is_reported_with_counts() -> None:
-    world = SimWorld(base_spec(replicas=2))
+@pytest.mark.parametrize(
+    ("gpu", "reason", "shortage"),
+    [
+        ({}, "InsufficientGPU", "Insufficient nvidia.com/gpu"),
+        # A CPU worker (gpu.count 0) waits for CPU or memory, never for a GPU.
+        ({"count": 0}, "Unschedulable", "Insufficient cpu"),
+    ],
+)
+def test_unschedulable_pods_are_reported_with_counts(
+    gpu: dict[str, object], reason: str, shortage: str
+) -> None:
+    world = SimWorld(base_spec(replicas=2, gpu=gpu))
     world.reconcile()
     for name, p in list(world.pods.items()):
         world.pods[name] = dataclasses.replace(
-            p,
-            node=None,
-            unschedulable_message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            p, node=None, unschedulable_message=f"0/3 nodes are available: 3 {shortage}."
         )
     world.reconcile()
     degraded = next(c for c in world.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
-    assert degraded["reason"] == "InsufficientGPU"
+    assert degraded["reason"] == reason
     assert degraded["message"].startswith("2 of 2 worker pods cannot be scheduled: 0/3 nodes")
 
 

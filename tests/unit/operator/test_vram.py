@@ -89,3 +89,11 @@ def test_no_matching_node_is_a_warning() -> None:
         {"model": {"name": "m", "source": "org/x"}, "gpu": {"product": "NVIDIA-B200"}}
     )
     assert vram_warnings(spec, [H100]) == ["no node offers the requested GPU (NVIDIA-B200)"]
+
+
+@pytest.mark.parametrize("nodes", [[A400], [H100, A400], []])
+def test_cpu_workers_use_no_gpu_memory(nodes: list[GpuNode]) -> None:
+    spec = parse_spec(
+        {"model": {"name": "m", "source": "org/x", "vramGiB": 75}, "gpu": {"count": 0}}
+    )
+    assert vram_warnings(spec, nodes) == []

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from kubeinfer.worker.agent import Agent, Phase
+from kubeinfer.worker.agent import Agent, Phase, WatchedGpu
 from kubeinfer.worker.agenthttp import agent_app
 from kubeinfer.worker.config import parse_worker_args
 from kubeinfer.worker.nvml import DeviceSelector, Gpu
@@ -24,7 +24,8 @@ def make_client(
         config = parse_worker_args(["--engine", engine, "--model-spec", MODEL], {})
         simulated = SimulatedGpu()
         gpu = Gpu.open(simulated, DeviceSelector())
-        agent = Agent(config, gpu, gpu.snapshot(time.time()), ["engine"], {}, simulated)
+        watched = WatchedGpu(gpu, gpu.snapshot(time.time()), simulated)
+        agent = Agent(config, watched, ["engine"], {})
         return agent, await aiohttp_client(agent_app(agent))
 
     return make
@@ -73,3 +74,34 @@ async def test_faults_only_for_the_simulated_engine(make_client: Any) -> None:
     assert response.status == 200
     assert (await response.json())["errorRate"] == 0.5
     assert agent.engine_faults.hang is True
+
+
+@pytest.fixture
+def make_cpu_client(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> Callable[[], Awaitable[tuple[Agent, Client]]]:
+    async def make() -> tuple[Agent, Client]:
+        argv = ["--engine", "vllm", "--model-spec", MODEL, "--device", "cpu"]
+        agent = Agent(parse_worker_args(argv, {}), None, ["engine"], {})
+        return agent, await aiohttp_client(agent_app(agent))
+
+    return make
+
+
+async def test_without_a_gpu_nothing_gpu_shaped_is_reported(make_cpu_client: Any) -> None:
+    _, client = await make_cpu_client()
+    response = await client.get("/gpu")
+    assert response.status == 404
+    assert "no GPU" in (await response.json())["error"]["message"]
+    text = await (await client.get("/metrics")).text()
+    assert "kubeinfer_worker_ready 0.0" in text
+    assert 'kubeinfer_worker_phase{phase="starting"} 1.0' in text
+    assert "kubeinfer_gpu" not in text
+
+
+async def test_readiness_without_a_gpu_follows_the_engine(make_cpu_client: Any) -> None:
+    agent, client = await make_cpu_client()
+    assert (await client.get("/ready")).status == 503
+    agent.phase, agent.engine_healthy = Phase.SERVING, True
+    assert (await client.get("/ready")).status == 200
+    assert "kubeinfer_worker_ready 1.0" in await (await client.get("/metrics")).text()

@@ -2,7 +2,7 @@
 
 import pytest
 from kubeinfer.operator.api import Engine
-from kubeinfer.worker.config import ConfigError, WorkerConfig, parse_worker_args
+from kubeinfer.worker.config import ConfigError, Device, WorkerConfig, parse_worker_args
 
 MODEL = '{"name":"llama","source":"org/llama-8b","engineArgs":{"maxModelLen":4096}}'
 
@@ -19,6 +19,27 @@ def test_defaults() -> None:
     assert config.drain_seconds == 30
     assert config.termination_log == "/dev/termination-log"
     assert config.probe_host == "127.0.0.1"
+    assert config.device is Device.GPU  # NVML stays mandatory unless asked otherwise
+
+
+@pytest.mark.parametrize(
+    ("argv", "device"),
+    [
+        ([], Device.GPU),
+        (["--device", "gpu"], Device.GPU),
+        (["--device=cpu"], Device.CPU),
+        (["--engine", "simulated", "--device", "cpu"], Device.CPU),
+    ],
+)
+def test_device(argv: list[str], device: Device) -> None:
+    config = parse("--engine", "vllm", f"--model-spec={MODEL}", *argv)
+    assert config.device is device
+
+
+def test_unknown_device_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse("--engine", "vllm", "--model-spec", MODEL, "--device", "tpu")
+    assert exited.value.code == 2
 
 
 def test_environment_fallbacks() -> None:

