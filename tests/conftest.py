@@ -1,4 +1,5 @@
 pytest_plugins = [
     "kubeinfer.localcluster.pytest_plugin",
     "kubeinfer.localcluster.operator_fixtures",
+    "kubeinfer.localcluster.realvllm.fixtures",
 ]

@@ -53,6 +53,25 @@ def cpu_kv_cache_gib(spec: InferenceServiceSpec) -> int:
     return max(MIN_KV_CACHE_GIB, math.floor((memory - model) * KV_CACHE_SHARE))
 
 
+def cpu_threads(cpu: str) -> int:
+    """Whole cores in a CPU request ("4", "2.5", "500m"), at least 1."""
+    cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, math.floor(cores))
+
+
+def cpu_thread_env(spec: InferenceServiceSpec) -> list[dict[str, str]]:
+    """OpenMP threads for vLLM's CPU kernels: one per requested core, unpinned.
+
+    vLLM's default ("auto") pins its threads to every CPU it may run on,
+    which without the kubelet's static CPU manager is the whole node: two
+    workers on one node would then fight over the same cores.
+    """
+    return [
+        {"name": "OMP_NUM_THREADS", "value": str(cpu_threads(spec.worker.resources.cpu))},
+        {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
+    ]
+
+
 def cpu_memory_warnings(spec: InferenceServiceSpec) -> list[str]:
     """The CPU counterpart of the VRAM check: warn (never block) when the
     model alone needs more than a worker pod's memory limit."""

@@ -22,7 +22,7 @@ from kubeinfer.operator.builders.common import (
     secret_env,
     worker_selector,
 )
-from kubeinfer.operator.builders.cpubackend import cpu_kv_cache_gib
+from kubeinfer.operator.builders.cpubackend import cpu_kv_cache_gib, cpu_thread_env
 from kubeinfer.operator.vram import LABEL_GPU_PRODUCT, estimate_vram_gib
 
 # Where a pvc:// model source is mounted (KServe's convention).
@@ -135,6 +135,7 @@ def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
         env.append(secret_env("HF_TOKEN", ref.name, ref.key))
     if spec.gpu.cpu_only:
         env.append({"name": c.ENV_VLLM_CPU_KVCACHE_SPACE, "value": str(cpu_kv_cache_gib(spec))})
+        env += cpu_thread_env(spec)
     return env
 
 

@@ -12,12 +12,14 @@ from kubeinfer.localcluster.runtime.ipam import AddressesExhaustedError, allocat
 from kubeinfer.localcluster.runtime.podspec import (
     ConfigError,
     container_argv,
+    emptydir_mounts,
     expand_references,
     field_value,
     grace_period_seconds,
     image_repository,
     is_runtime_pod,
     named_port,
+    redirect_paths,
     resolve_executable,
 )
 from kubeinfer.localcluster.runtime.podstatus import ContainerView, pod_phase
@@ -210,3 +212,42 @@ class TestNodes:
         assert labels["nvidia.com/gpu.count"] == "2"
         assert node["status"]["capacity"]["nvidia.com/gpu"] == "2"
         assert node["spec"]["podCIDR"] == "127.1.2.0/24"
+
+
+POD_WITH_VOLUMES = {
+    "spec": {
+        "volumes": [
+            {"name": "cache", "emptyDir": {}},
+            {"name": "deep", "emptyDir": {}},
+            {"name": "model", "persistentVolumeClaim": {"claimName": "weights"}},
+        ]
+    }
+}
+WORKER = {
+    "name": "worker",
+    "volumeMounts": [
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "deep", "mountPath": "/cache/deep/"},
+        {"name": "model", "mountPath": "/models"},
+    ],
+}
+
+
+def test_emptydir_mounts_lists_only_emptydir_volumes() -> None:
+    assert emptydir_mounts(POD_WITH_VOLUMES, WORKER) == {"/cache": "cache", "/cache/deep": "deep"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/cache", "/here/cache"),
+        ("/cache/huggingface", "/here/cache/huggingface"),
+        ("/cache/deep/x", "/here/deep/x"),  # the longest mount point wins
+        ("/cacheless", "/cacheless"),  # a prefix of a name is not a path under it
+        ("/models/tiny", "/models/tiny"),  # not an emptyDir: left alone
+        ("relative/cache", "relative/cache"),
+    ],
+)
+def test_redirect_paths(value: str, expected: str) -> None:
+    mounts = {"/cache": Path("/here/cache"), "/cache/deep": Path("/here/deep")}
+    assert redirect_paths({"X": value}, mounts) == {"X": expected}

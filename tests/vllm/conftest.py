@@ -1,43 +1,15 @@
-"""Fixtures for tests against real vLLM (its CPU build) with the tiny model.
+"""vLLM servers for tests against real vLLM (its CPU build) with the tiny model.
 
-The vLLM virtualenv and the model are built on first use (`make test`
-builds them before pytest runs; see tests/localcluster/realvllm). When
-they cannot be built the tests fail and say why: they are never skipped.
+`vllm_env` and `tiny_model` come from kubeinfer.localcluster.realvllm.fixtures.
 """
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubeinfer.localcluster.realvllm.env import (
-    VllmEnv,
-    VllmEnvError,
-    ensure_tiny_model,
-    ensure_vllm_env,
-)
+from kubeinfer.localcluster.realvllm.env import VllmEnv
 from kubeinfer.localcluster.realvllm.server import VllmServer
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@pytest.fixture(scope="session")
-def vllm_env() -> VllmEnv:
-    try:
-        return ensure_vllm_env(_progress)
-    except VllmEnvError as error:
-        pytest.fail(f"real vLLM is not available: {error}")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(vllm_env: VllmEnv) -> Path:
-    try:
-        return ensure_tiny_model(vllm_env, _progress)
-    except VllmEnvError as error:
-        pytest.fail(f"the tiny model could not be made: {error}")
 
 
 @pytest.fixture

@@ -87,6 +87,12 @@ def model_dir() -> Path:
     return cache_dir() / "models" / f"tiny-llama-{_key(TINY_MODEL_SCRIPT.read_bytes())}"
 
 
+def vllm_bin_dir() -> Path | None:
+    """The bin folder of a complete vLLM virtualenv for the current lock, if built."""
+    root = env_dir()
+    return root / "bin" if (root / COMPLETE_MARKER).exists() else None
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialise builds between processes (two test runs, a test run and a demo)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from kubeinfer.localcluster.procs import die_with_parent, signal_group
+from kubeinfer.localcluster.realvllm.env import vllm_bin_dir
 from kubeinfer.localcluster.runtime import records
 from kubeinfer.localcluster.runtime.podspec import ConfigError, Container
 from kubeinfer.localcluster.runtime.probes import ProbeSpec, ProbeState, build_check
@@ -345,8 +346,17 @@ class ContainerRunner:
 
 
 def base_env(bin_dir: Path) -> dict[str, str]:
-    """The environment every container starts from (before the pod's env)."""
-    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", os.defpath)])
+    """The environment every container starts from (before the pod's env).
+
+    Real vLLM (its CPU build, from `kubeinfer cluster vllm`) is on the PATH
+    when it has been installed, as it is in the worker images: last, so its
+    virtualenv's python and pip shadow nothing.
+    """
+    parts = [str(bin_dir), os.environ.get("PATH", os.defpath)]
+    vllm = vllm_bin_dir()
+    if vllm is not None:
+        parts.append(str(vllm))
+    path = os.pathsep.join(parts)
     env = {"PATH": path, "HOME": os.environ.get("HOME", "/"), "PYTHONUNBUFFERED": "1"}
     for name in ("LANG", "LC_ALL", "TMPDIR", "TZ"):
         if name in os.environ:

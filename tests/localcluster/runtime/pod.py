@@ -27,7 +27,9 @@ from kubeinfer.localcluster.runtime.podspec import (
     Container,
     Pod,
     container_argv,
+    emptydir_mounts,
     grace_period_seconds,
+    redirect_paths,
     resolve_executable,
 )
 from kubeinfer.localcluster.runtime.podstatus import (
@@ -180,13 +182,30 @@ class PodRunner:
     async def _prepare(self, container: Container) -> Launch:
         host_ip = self.deps.node_ip(self.pod["spec"]["nodeName"])
         declared = await container_env(self.deps.api, self.pod, container, self.pod_ip, host_ip)
-        env = base_env(self.deps.bin_dir) | declared
+        env = base_env(self.deps.bin_dir) | self._with_volumes(container, declared)
         env[ENV_BIND_HOST] = self.pod_ip
         env[ENV_TERMINATION_LOG] = str(self.dir / f"{container['name']}.termination-log")
         env["KUBECONFIG"] = str(await self._pod_kubeconfig())
         argv = container_argv(container, declared)
         argv[0] = resolve_executable(argv[0], self.deps.bin_dir, env["PATH"])
         return Launch(argv=argv, env=env, cwd=self._working_dir(container))
+
+    def _with_volumes(self, container: Container, declared: dict[str, str]) -> dict[str, str]:
+        """emptyDir volumes become folders of the pod here; env paths into them
+        follow, and a HOME that exists only in the image gets a folder too
+        (vLLM and its libraries write caches under it)."""
+        mounts: dict[str, Path] = {}
+        for mount_path, volume in emptydir_mounts(self.pod, container).items():
+            folder = self.dir / "volumes" / volume
+            folder.mkdir(parents=True, exist_ok=True)
+            mounts[mount_path] = folder
+        env = redirect_paths(declared, mounts)
+        home = env.get("HOME")
+        if home is not None and not Path(home).is_dir():
+            folder = self.dir / f"{container['name']}.home"
+            folder.mkdir(exist_ok=True)
+            env["HOME"] = str(folder)
+        return env
 
     def _working_dir(self, container: Container) -> Path:
         # The image's filesystem does not exist here: a workingDir that is not

