@@ -32,7 +32,8 @@ from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.operator.api import constants as c
 
-pytestmark = pytest.mark.cluster
+# Five vLLM starts (~1 min each when the machine is busy) plus the phases.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 MODEL = "tiny"
 # Two vLLM engines starting at once on two busy cores.
