@@ -166,24 +166,15 @@ def metric_families(text: str) -> dict[str, tuple[str, frozenset[str], tuple[str
     return out
 
 
-TOKEN_COUNT_HISTOGRAMS = {
-    "vllm:request_prompt_tokens",
-    "vllm:request_generation_tokens",
-    "vllm:request_params_max_tokens",
-}
-
-
 def test_metrics(shared_worker: Worker) -> None:
     status, raw = http(shared_worker.url + "/metrics")
     assert status == 200
     ours = metric_families(raw.decode())
     theirs = metric_families((FIXTURES / "metrics.txt").read_text())
-    for name, (kind, labels, bounds) in ours.items():
-        assert name in theirs, f"{name} is not a vLLM 0.32 metric"
-        their_kind, their_labels, their_bounds = theirs[name]
-        assert (kind, labels) == (their_kind, their_labels), name
-        if name not in TOKEN_COUNT_HISTOGRAMS:  # those scale with max_model_len (512 both here)
-            assert bounds == their_bounds, name
+    assert ours.keys() <= theirs.keys(), f"not vLLM 0.32 metrics: {ours.keys() - theirs.keys()}"
+    # Types, labels and buckets; the token-count histograms' buckets scale
+    # with max_model_len, which is 512 in both, so they are compared too.
+    assert {name: ours[name] for name in ours} == {name: theirs[name] for name in ours}
     # What the router, the drain and the dashboards read.
     required = {
         "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
@@ -197,7 +188,8 @@ def test_metrics(shared_worker: Worker) -> None:
 
 
 def test_nothing_listens_while_loading(start_worker: Any) -> None:
-    worker = start_worker(simulator={"loadSeconds": 2, "ttftMs": 1, "tpotMs": 1})
+    # Long enough that the agent (up in about a second) certainly sees the load.
+    worker = start_worker(simulator={"loadSeconds": 8, "ttftMs": 1, "tpotMs": 1})
 
     def agent_up() -> bool:
         try:
@@ -206,11 +198,10 @@ def test_nothing_listens_while_loading(start_worker: Any) -> None:
             return False
         return True
 
-    wait_for(agent_up, 20, "the agent to answer")
+    wait_for(agent_up, 6, "the agent to answer")
     status, body = worker.ready()
-    if body["phase"] == "loading":  # unless the machine was slow enough to miss it
-        assert (status, body["reason"]) == (503, "loading the model")
-        assert not listening(worker.port)
+    assert (status, body["phase"], body["reason"]) == (503, "loading", "loading the model")
+    assert not listening(worker.port)
     worker.wait_ready()
     assert listening(worker.port)
 

@@ -346,7 +346,7 @@ class EngineServer:
         except RequestAbortedError as aborted:
             engine.metrics.finished["abort"] += 1
             if aborted.reason == "dead":
-                ending = r.stream_error(r.ENGINE_DEAD_BODY)
+                ending = r.ENGINE_DEAD_STREAM_END
             else:
                 ending = pieces.abort + r.DONE
             with contextlib.suppress(ConnectionError):  # the client may be gone too
