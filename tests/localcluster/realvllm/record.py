@@ -162,7 +162,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 def descendants(pid: int) -> list[int]:
-    out = []
+    out: list[int] = []
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
