@@ -210,18 +210,32 @@ def test_500_after_engine_death(start_worker: Any) -> None:
     worker = start_worker(simulator={"ttftMs": 1, "tpotMs": 50, "crashAfterRequests": 2})
     worker.wait_ready()
     completions = worker.url + "/v1/completions"
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(http, completions, {"prompt": "slow", "max_tokens": 200})
+        stream = pool.submit(
+            http, completions, {"prompt": "stream", "max_tokens": 200, "stream": True}
+        )
 
         def running() -> bool:
             _, raw = http(worker.url + "/metrics")
-            return b'vllm:num_requests_running{engine="0",model_name="tiny"} 1.0' in raw
+            return b'vllm:num_requests_running{engine="0",model_name="tiny"} 2.0' in raw
 
-        wait_for(running, 10, "the slow request to run")
+        wait_for(running, 10, "the slow requests to run")
         assert http(completions, {"prompt": "a", "max_tokens": 1})[0] == 200
         assert http(completions, {"prompt": "b", "max_tokens": 1})[0] == 200  # the engine dies
         status, raw = slow.result(10)
+        stream_status, stream_raw = stream.result(10)
     assert (status, json.loads(raw)) == (500, fixture_json("engine_dead_completion_500.json"))
+    # The stream: a 200 whose last events are vLLM's error event (byte for
+    # byte: json.dumps spacing) and [DONE], with no finish_reason anywhere.
+    recorded = fixture_json("engine_death.json")["stream"]
+    assert stream_status == recorded["status"] == 200
+    events = stream_raw.split(b"\n\n")
+    assert events[-3:] == [
+        f"data: {recorded['last_events'][-2]}".encode(), b"data: [DONE]", b""
+    ]
+    assert b'"finish_reason":"' not in stream_raw
+    assert recorded["finish_reasons"] == []
     assert worker.wait_exit(10) == 5
     assert worker.termination_message() == (
         "engine core died while serving: EngineDeadError: simulated crash (fault injection)"
