@@ -279,12 +279,18 @@ def record_sigterm(
 
 
 # (to the whole group?, seconds after both requests run) per SIGTERM run.
-SIGTERM_RUNS = ((False, 0.0), (False, 2.0))
+SIGTERM_RUNS = ((False, 0.0), (False, 2.0), (True, 2.0))
 PARTS = ("requests", "sigterm")
 
 
 def record(
-    env: VllmEnv, model: Path, out: Path, logs: Path, progress: Progress, parts: tuple[str, ...]
+    env: VllmEnv,
+    model: Path,
+    out: Path,
+    logs: Path,
+    progress: Progress,
+    parts: tuple[str, ...],
+    sigterm_runs: tuple[tuple[bool, float], ...] = SIGTERM_RUNS,
 ) -> None:
     """Write the fixture files of `parts` into `out` (vLLM logs go to `logs`).
 
@@ -304,29 +310,38 @@ def record(
         finally:
             server.stop(grace_s=5)
     if "sigterm" in parts:
-        record_sigterm_runs(env, model, out, logs, progress)
+        record_sigterm_runs(env, model, out, logs, progress, sigterm_runs)
 
 
 def record_sigterm_runs(
-    env: VllmEnv, model: Path, out: Path, logs: Path, progress: Progress
+    env: VllmEnv,
+    model: Path,
+    out: Path,
+    logs: Path,
+    progress: Progress,
+    runs_to_make: tuple[tuple[bool, float], ...],
 ) -> None:
     runs = []
-    for index, (group, after_s) in enumerate(SIGTERM_RUNS):
+    for index, (group, after_s) in enumerate(runs_to_make):
         server = VllmServer.start(env, model, logs / f"vllm-sigterm-{index}.log")
         try:
             server.wait_ready()
             runs.append(record_sigterm(server, group, after_s, progress))
+            # After every run: a later run's failed start keeps the earlier ones.
+            (out / "sigterm.json").write_text(json.dumps(runs, indent=2) + "\n")
         finally:
             server.stop(grace_s=5)
-    (out / "sigterm.json").write_text(json.dumps(runs, indent=2) + "\n")
 
 
 def main(argv: list[str]) -> int:
+    """`python -m kubeinfer.localcluster.realvllm.record [OUT] [--only PART] [--runs N]`."""
     from kubeinfer.localcluster.realvllm.env import ensure_tiny_model, ensure_vllm_env
 
     parser = argparse.ArgumentParser(prog="python -m kubeinfer.localcluster.realvllm.record")
     parser.add_argument("out", type=Path, nargs="?", default=Path("tests/fixtures/vllm-0.32.0"))
     parser.add_argument("--only", choices=PARTS, help="record only this part")
+    parser.add_argument("--runs", type=int, default=len(SIGTERM_RUNS),
+                        help="SIGTERM runs to make (each needs a fresh server)")  # fmt: skip
     args = parser.parse_args(argv)
     out: Path = args.out
     parts = (args.only,) if args.only else PARTS
@@ -338,7 +353,7 @@ def main(argv: list[str]) -> int:
     model = ensure_tiny_model(env, progress)
     logs = Path(tempfile.mkdtemp(prefix="vllm-record-"))
     progress(f"[record] vLLM logs in {logs}")
-    record(env, model, out, logs, progress, parts)
+    record(env, model, out, logs, progress, parts, SIGTERM_RUNS[-args.runs :])
     return 0
 
 
