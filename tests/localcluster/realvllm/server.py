@@ -24,7 +24,7 @@ from kubeinfer.localcluster.realvllm.env import VllmEnv
 SERVED_NAME = "tiny"
 MAX_MODEL_LEN = 512
 # A cold start of the tiny model is ~35 s on 2 busy cores; leave margin.
-READY_DEADLINE_S = 240.0
+READY_DEADLINE_S = 420.0
 # GiB of KV cache for vLLM's CPU backend; the tiny model needs very little.
 KV_CACHE_GIB = "1"
 

@@ -67,7 +67,9 @@ class EngineProcess:
     def _on_crash(self, reason: str) -> None:
         # The line the agent reads to explain the exit, worded like vLLM's.
         print(f"ERROR EngineDeadError: {reason}", file=sys.stderr, flush=True)
-        self.exit_code = 1
+        # vLLM 0.32's API server exits 0 after its engine core died
+        # (engine_death.json): the exit code alone does not say it failed.
+        self.exit_code = 0
         asyncio.get_running_loop().call_later(0.2, self._stop.set)
 
     def _on_control(self, message: Message) -> None:

@@ -191,9 +191,17 @@ class StreamPieces:
 DONE = b"data: [DONE]\n\n"
 
 
-def stream_error(body: bytes) -> bytes:
-    """An error inside a started stream, as vLLM's stream generators send it."""
-    return b"data: " + body + b"\n\n" + DONE
+def stream_error(message: str, kind: str, code: int) -> bytes:
+    """An error inside a started stream, as vLLM's stream generators send it.
+
+    vLLM serialises this one with json.dumps' default separators (spaces
+    after `:` and `,`), unlike its bodies; recorded in engine_death.json.
+    """
+    error = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return b"data: " + json.dumps(error).encode() + b"\n\n" + DONE
+
+
+ENGINE_DEAD_STREAM_END = stream_error(ENGINE_DEAD_MESSAGE, "InternalServerError", 500)
 
 
 def models_body(model: str, root: str, max_model_len: int, created: int, perm_id: str) -> bytes:

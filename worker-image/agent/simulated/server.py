@@ -345,10 +345,8 @@ class EngineServer:
                 engine.release_slot(tracked)
         except RequestAbortedError as aborted:
             engine.metrics.finished["abort"] += 1
-            if aborted.reason == "dead":
-                ending = r.stream_error(r.ENGINE_DEAD_BODY)
-            else:
-                ending = pieces.abort + r.DONE
+            dead = aborted.reason == "dead"
+            ending = r.ENGINE_DEAD_STREAM_END if dead else pieces.abort + r.DONE
             with contextlib.suppress(ConnectionError):  # the client may be gone too
                 await response.write(ending)
                 await response.write_eof()
