@@ -326,6 +326,9 @@ class Agent:
         try:
             return await self._supervise(session, tasks)
         finally:
+            if self.child is not None and self.child.returncode is None:
+                # Only an error gets here with the engine alive: never leave it behind.
+                self.child.kill_now()
             self._thread_stop.set()
             for task in tasks:
                 task.cancel()
