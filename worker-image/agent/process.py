@@ -76,6 +76,7 @@ class EngineChild:
         self._guardian_pipe: int | None = None
         self.output: deque[str] = deque(maxlen=KEEP_LINES)
         self.stop_requested = False
+        self.killed = False  # SIGKILLed by stop() after the grace period
 
     @property
     def pid(self) -> int | None:
@@ -231,6 +232,7 @@ class EngineChild:
             await asyncio.wait_for(asyncio.shield(self._exited), grace_s)
         except TimeoutError:
             log.warning("engine did not stop within %.0f s; killing it", grace_s)
+            self.killed = True
             self._kill_group(signal.SIGKILL)
         return await self.wait()
 
