@@ -45,8 +45,10 @@ HEALTH_POLL_SECONDS = 0.5
 HEALTH_FAILURES_NOT_READY = 3
 DRAIN_POLL_SECONDS = 0.1
 # The engine must have been idle this long before the drain ends: requests
-# sent by a router that has not yet seen /ready turn 503 still get served.
-DRAIN_QUIET_SECONDS = 0.5
+# sent by a router that has not yet seen /ready turn 503 (it polls every
+# second by default) still get served, and so do requests that sit in
+# vLLM's front end (rendering, tokenising) while its gauges read 0.
+DRAIN_QUIET_SECONDS = 1.5
 # CUDA context of a process that has not loaded weights yet.
 SIMULATED_CONTEXT_BYTES = 512 * 1024**2
 

@@ -23,8 +23,9 @@ class StopReport:
     elapsed_s: float  # drain time, or time since start when loading
     end: DrainEnd | None = None  # None when loading (no drain)
     drain_limit_s: float = 0.0  # --drain-seconds
-    # Requests in flight when the drain ended (engine + HTTP front end);
-    # None when the engine's /metrics never answered during the drain.
+    # Requests running or waiting in the engine when the drain ended (what
+    # vLLM's gauges count: not those still in its HTTP front end); None
+    # when the engine's /metrics never answered during the drain.
     in_flight: int | None = 0
     # Set when the engine ignored SIGTERM for --engine-stop-seconds.
     engine_killed_after_s: float | None = None
@@ -45,12 +46,12 @@ def stop_message(report: StopReport) -> str | None:
     elif report.end is DrainEnd.SECOND_SIGNAL:
         message = (
             f"drain cut short by a second signal after {report.elapsed_s:.1f} s "
-            f"with {_requests(report.in_flight)} in flight"
+            f"with {_requests(report.in_flight)} in the engine"
         )
     elif report.end is DrainEnd.TIMED_OUT:
         message = (
             f"drain timed out after {report.elapsed_s:.1f} s (--drain-seconds "
-            f"{report.drain_limit_s:g}) with {_requests(report.in_flight)} in flight"
+            f"{report.drain_limit_s:g}) with {_requests(report.in_flight)} in the engine"
         )
     else:
         message = ""

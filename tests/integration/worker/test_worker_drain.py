@@ -1,8 +1,8 @@
 """Drain on SIGTERM: not ready at once, in-flight requests finish, then the engine stops."""
 
 import json
-import re
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +81,7 @@ def test_drain_gives_up_after_drain_seconds(start_worker: Any) -> None:
     # Past the grace period the engine gets SIGTERM and aborts, like vLLM.
     assert last_chunk(raw)["choices"][0]["finish_reason"] == "abort"
     assert re.fullmatch(
-        r"drain timed out after 0\.[5-9] s \(--drain-seconds 0\.5\) with 1 request in flight",
+        r"drain timed out after 0\.[5-9] s \(--drain-seconds 0\.5\) with 1 request in the engine",
         worker.termination_message() or "",
     ), worker.termination_message()
 
@@ -102,7 +102,8 @@ def test_second_signal_cuts_the_drain_short(start_worker: Any) -> None:
     # Not "timed out after 30 s": the second signal ended it, well before.
     message = worker.termination_message() or ""
     assert re.fullmatch(
-        r"drain cut short by a second signal after [0-2]\.\d s with 1 request in flight", message
+        r"drain cut short by a second signal after [0-2]\.\d s with 1 request in the engine",
+        message,
     ), message
 
 
