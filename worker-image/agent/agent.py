@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -37,6 +37,7 @@ from kubeinfer.worker.nvml import Gpu, GpuError, GpuLostError, GpuSnapshot, XidE
 from kubeinfer.worker.probe import EngineLoad, EngineProbe, Health
 from kubeinfer.worker.process import EngineChild
 from kubeinfer.worker.simnvml import SimulatedGpu
+from kubeinfer.worker.stopnote import DrainEnd, StopReport, stop_message
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ HEALTH_POLL_SECONDS = 0.5
 HEALTH_FAILURES_NOT_READY = 3
 DRAIN_POLL_SECONDS = 0.1
 # The engine must have been idle this long before the drain ends: requests
-# sent by a router that has not yet seen /ready turn 503 still get served.
-DRAIN_QUIET_SECONDS = 0.5
+# sent by a router that has not yet seen /ready turn 503 (it polls every
+# second by default) still get served, and so do requests that sit in
+# vLLM's front end (rendering, tokenising) while its gauges read 0.
+DRAIN_QUIET_SECONDS = 1.5
 # CUDA context of a process that has not loaded weights yet.
 SIMULATED_CONTEXT_BYTES = 512 * 1024**2
 
@@ -110,6 +113,7 @@ class Agent:
         self._read_failures = ReadFailures()
         self._unhealthy_since: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
 
     # --- state ------------------------------------------------------------------
 
@@ -300,7 +304,8 @@ class Agent:
     # --- the whole life ---------------------------------------------------------------
 
     def request_stop(self) -> None:
-        if self._stop.is_set():
+        self._signals += 1
+        if self._signals > 1:
             # A second signal: no more waiting for the drain.
             log.warning("second stop signal: stopping the engine now")
             self._drain_deadline = 0.0
@@ -326,6 +331,9 @@ class Agent:
         try:
             return await self._supervise(session, tasks)
         finally:
+            if self.child is not None and self.child.returncode is None:
+                # Only an error gets here with the engine alive: never leave it behind.
+                self.child.kill_now()
             self._thread_stop.set()
             for task in tasks:
                 task.cancel()
@@ -381,21 +389,22 @@ class Agent:
             self._set_phase(Phase.FAILED)
             await child.stop(self.config.engine_stop_seconds)
             return self._fatal.result()
-        note: str | None = None
         if self.phase is Phase.SERVING:
-            note = await self._drain(probe)
+            report = await self._drain(probe)
             if self._fatal.done():
                 self._set_phase(Phase.FAILED)
                 await child.stop(self.config.engine_stop_seconds)
                 return self._fatal.result()
-        elif self.phase is Phase.LOADING:
-            note = f"stopped while loading the model, after {time.monotonic() - self.started:.0f} s"
+        else:  # still loading: nothing to drain
+            report = StopReport(loading=True, elapsed_s=time.monotonic() - self.started)
         self._set_phase(Phase.STOPPING)
         code = await child.stop(self.config.engine_stop_seconds)
         log.info("engine stopped (exit status %s)", code)
-        return Outcome(ExitCode.OK, note)
+        if child.killed:
+            report = replace(report, engine_killed_after_s=self.config.engine_stop_seconds)
+        return Outcome(ExitCode.OK, stop_message(report))
 
-    async def _drain(self, probe: EngineProbe) -> str | None:
+    async def _drain(self, probe: EngineProbe) -> StopReport:
         """Not ready at once; wait until the engine has been idle a moment, or the deadline.
 
         vLLM does not drain by itself (SIGTERM aborts running requests), so
@@ -405,10 +414,10 @@ class Agent:
         self._set_phase(Phase.DRAINING)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._drain_deadline = started + self.config.drain_seconds
+        limit = self.config.drain_seconds
+        self._drain_deadline = min(self._drain_deadline, started + limit)
         quiet_since: float | None = None
-        last_finished: int | None = None
-        load: EngineLoad | None = None
+        last: EngineLoad | None = None
         while not self._fatal.done():
             now = loop.time()
             if now >= self._drain_deadline:
@@ -417,21 +426,22 @@ class Agent:
             now = loop.time()
             if load is not None:
                 self.engine_load = load
-                idle = load.in_flight == 0 and load.finished == last_finished
-                last_finished = load.finished
+                idle = load.in_flight == 0 and not load.progressed_since(last)
+                last = load
                 if not idle:
                     quiet_since = None
                 elif quiet_since is None:
                     quiet_since = now
                 elif now - quiet_since >= DRAIN_QUIET_SECONDS:
                     log.info("drained in %.1f s", now - started)
-                    return None
+                    return StopReport(False, now - started, DrainEnd.DRAINED, limit)
             await asyncio.wait(
                 [self._fatal], timeout=min(DRAIN_POLL_SECONDS, max(self._drain_deadline - now, 0))
             )
-        if load is not None and load.in_flight:
-            return (
-                f"drain timed out after {self.config.drain_seconds:g} s with "
-                f"{load.running} running and {load.waiting} waiting requests"
-            )
-        return None
+        elapsed = loop.time() - started
+        end = DrainEnd.SECOND_SIGNAL if self._signals > 1 else DrainEnd.TIMED_OUT
+        if end is DrainEnd.TIMED_OUT and limit == 0:
+            end = DrainEnd.DRAINED  # --drain-seconds 0: no drain was asked for
+        in_flight = None if last is None else last.in_flight
+        log.info("drain ended (%s) after %.1f s; in flight: %s", end.value, elapsed, in_flight)
+        return StopReport(False, elapsed, end, limit, in_flight)

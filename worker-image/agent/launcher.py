@@ -177,6 +177,11 @@ def build_vllm_env(
     # A worker has no business phoning home, and many clusters can't.
     out.setdefault("VLLM_NO_USAGE_STATS", "1")
     out.setdefault("DO_NOT_TRACK", "1")
+    # vLLM's engine core is a multiprocessing "spawn" child started with
+    # `python -c`, which puts the working directory first on sys.path; from
+    # a source checkout our operator/ folder would shadow the stdlib.
+    # Harmless in the image.
+    out.setdefault("PYTHONSAFEPATH", "1")
     if model_location(model.source).kind == "local":
         out.setdefault("HF_HUB_OFFLINE", "1")
     if device is Device.CPU:

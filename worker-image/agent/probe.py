@@ -12,6 +12,11 @@ import aiohttp
 RUNNING = b"vllm:num_requests_running"
 WAITING = b"vllm:num_requests_waiting"
 FINISHED = b"vllm:request_success_total"
+# Counted by vLLM's HTTP middleware once a response has been sent to the
+# end (a stream: after [DONE]); /metrics and /health are not counted. It
+# moves while requests are still in vLLM's front end, where the engine's
+# gauges already read 0 (detokenising, streaming the last chunks).
+HTTP_DONE = b"http_requests_total"
 
 
 class Health(enum.Enum):
@@ -25,10 +30,17 @@ class EngineLoad:
     running: int
     waiting: int
     finished: int
+    http_done: int = 0
 
     @property
     def in_flight(self) -> int:
         return self.running + self.waiting
+
+    def progressed_since(self, earlier: "EngineLoad | None") -> bool:
+        """Did a request finish, in the engine or over HTTP, since `earlier`?"""
+        if earlier is None:
+            return True
+        return (self.finished, self.http_done) != (earlier.finished, earlier.http_done)
 
 
 def _sample_value(line: bytes, name: bytes) -> float | None:
@@ -46,16 +58,18 @@ def _sample_value(line: bytes, name: bytes) -> float | None:
 
 def parse_engine_load(text: bytes) -> EngineLoad:
     """Sum the gauges over all label sets (engines, models) of a /metrics page."""
-    totals = {RUNNING: 0.0, WAITING: 0.0, FINISHED: 0.0}
+    totals = {RUNNING: 0.0, WAITING: 0.0, FINISHED: 0.0, HTTP_DONE: 0.0}
     for line in text.split(b"\n"):
-        if not line.startswith(b"vllm:"):
+        if not line.startswith((b"vllm:", b"http_")):
             continue
         for name in totals:
             value = _sample_value(line, name)
             if value is not None:
                 totals[name] += value
                 break
-    return EngineLoad(int(totals[RUNNING]), int(totals[WAITING]), int(totals[FINISHED]))
+    return EngineLoad(
+        int(totals[RUNNING]), int(totals[WAITING]), int(totals[FINISHED]), int(totals[HTTP_DONE])
+    )
 
 
 class EngineProbe:

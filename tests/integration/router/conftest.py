@@ -41,8 +41,9 @@ async def mocks() -> AsyncIterator[Callable[..., Awaitable[list[MockBackend]]]]:
 
 
 @pytest.fixture
-async def mock_processes(session: aiohttp.ClientSession
-                         ) -> AsyncIterator[Callable[..., Awaitable[list[MockProcess]]]]:
+async def mock_processes(
+    session: aiohttp.ClientSession,
+) -> AsyncIterator[Callable[..., Awaitable[list[MockProcess]]]]:
     """Mock backends as processes: ``await mock_processes(n, "--delay", "0.01")``."""
     started: list[MockProcess] = []
 
@@ -65,8 +66,12 @@ async def start_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
 
     async def start(table: RoutingTable | None, **settings: Any) -> RouterUnderTest:
         log = tmp_path / f"access-{len(routers)}.log"
-        opts: dict[str, Any] = {"host": HOST, "port": 0, "access_log": str(log),
-                                "scrape_interval": 0.5}
+        opts: dict[str, Any] = {
+            "host": HOST,
+            "port": 0,
+            "access_log": str(log),
+            "scrape_interval": 0.5,
+        }
         opts.update(settings)
         router = Router(Settings(**opts))
         if table is not None:
@@ -87,12 +92,18 @@ def kubeconfig_env(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 
     def write(port: int) -> Path:
         path = tmp_path / "kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "t", "cluster": {"server": f"http://{HOST}:{port}"}}],
-            "users": [{"name": "t", "user": {"token": "test"}}],
-            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "t",
+                    "clusters": [{"name": "t", "cluster": {"server": f"http://{HOST}:{port}"}}],
+                    "users": [{"name": "t", "user": {"token": "test"}}],
+                    "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+                }
+            )
+        )
         os.environ["KUBECONFIG"] = str(path)
         return path
 

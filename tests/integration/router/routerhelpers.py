@@ -30,16 +30,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_table(urls: list[str], *, revisions: list[str] | None = None,
-               **extra: Any) -> RoutingTable:
+def make_table(
+    urls: list[str], *, revisions: list[str] | None = None, **extra: Any
+) -> RoutingTable:
     backends = [
         {"name": f"b{i}", "url": url, "revision": (revisions or ["r1"] * len(urls))[i]}
         for i, url in enumerate(urls)
     ]
     for i, b in enumerate(extra.pop("backend_extra", [{}] * len(urls))):
         backends[i].update(b)
-    doc = {"service": "svc", "model": "tiny", "strategy": "round-robin", "backends": backends,
-           "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 0.3}}
+    doc = {
+        "service": "svc",
+        "model": "tiny",
+        "strategy": "round-robin",
+        "backends": backends,
+        "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 0.3},
+    }
     doc.update(extra)
     return RoutingTable.model_validate(doc)
 
@@ -51,15 +57,24 @@ class MockProcess:
         self.port = port
         self.url = f"http://{HOST}:{port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "kubeinfer.router.mockbackend", "--port", str(port),
-             *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "kubeinfer.router.mockbackend",
+                "--port",
+                str(port),
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
         async def up() -> bool:
             async with session.get(self.url + "/health") as r:
                 return r.status == 200
+
         await async_wait_for(up, 10.0, interval=0.05, what=f"mock backend on {self.port}")
 
     async def set(self, session: aiohttp.ClientSession, **changes: Any) -> None:
@@ -109,9 +124,16 @@ class LoadResult:
         return self.errors + [str(s) for s in self.statuses if s != 200]
 
 
-async def run_load(session: aiohttp.ClientSession, url: str, *, concurrency: int,
-                   max_requests: int, max_seconds: float, body: dict[str, Any] | None = None,
-                   stop: asyncio.Event | None = None) -> LoadResult:
+async def run_load(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    body: dict[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
+) -> LoadResult:
     """Closed-loop load, bounded in count and in time; every request is counted."""
     result = LoadResult()
     payload = body or {"model": "tiny", "prompt": "hello", "max_tokens": 8}
@@ -142,4 +164,3 @@ def no_kubernetes_service_host() -> Iterator[None]:
     finally:
         if saved is not None:
             os.environ["KUBERNETES_SERVICE_HOST"] = saved
-

@@ -59,7 +59,7 @@ async def test_streaming_arrives_chunk_by_chunk(mocks, start_router, session) ->
     # The first token reached the client long before the last one was generated.
     assert arrivals[0][0] < 0.25
     assert arrivals[-1][0] - arrivals[0][0] > 0.4
-    first = json.loads(events[0][len(b"data: "):])
+    first = json.loads(events[0][len(b"data: ") :])
     assert first["object"] == "chat.completion.chunk"
 
 
@@ -106,12 +106,14 @@ async def test_not_ready_without_a_table(start_router, session) -> None:
         ("GET", "/nothing/here", b"", 404, None),
     ],
 )
-async def test_bad_requests_get_openai_style_errors(mocks, start_router, session, method, path,
-                                                    body, status, param) -> None:
+async def test_bad_requests_get_openai_style_errors(
+    mocks, start_router, session, method, path, body, status, param
+) -> None:
     (m,) = await mocks(1)
     r = await start_router(make_table([f"http://{HOST}:{m.port}"]), max_body_bytes=4096)
-    async with session.request(method, r.url + path, data=body,
-                               headers={"content-type": "application/json"}) as resp:
+    async with session.request(
+        method, r.url + path, data=body, headers={"content-type": "application/json"}
+    ) as resp:
         assert resp.status == status
         err = (await resp.json())["error"]
     assert err["code"] == status
@@ -147,8 +149,10 @@ async def test_pipelined_requests_are_answered_in_order(mocks, start_router) -> 
     backends = await mocks(2)
     r = await start_router(make_table([f"http://{HOST}:{m.port}" for m in backends]))
     body = json.dumps(COMPLETION).encode()
-    one = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-           b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    one = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     reader, writer = await asyncio.open_connection(HOST, r.router.port)
     writer.write(one * 3 + b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
     data = await asyncio.wait_for(reader.read(), 5)
@@ -178,8 +182,9 @@ async def test_no_healthy_backend_is_503(mocks, start_router, session) -> None:
 
 async def test_draining_backends_get_no_new_requests(mocks, start_router, session) -> None:
     backends = await mocks(2)
-    table = make_table([f"http://{HOST}:{m.port}" for m in backends],
-                       backend_extra=[{"draining": True}, {}])
+    table = make_table(
+        [f"http://{HOST}:{m.port}" for m in backends], backend_extra=[{"draining": True}, {}]
+    )
     r = await start_router(table)
     for _ in range(6):
         async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
@@ -189,13 +194,15 @@ async def test_draining_backends_get_no_new_requests(mocks, start_router, sessio
 
 async def test_session_affinity(mocks, start_router, session) -> None:
     backends = await mocks(4)
-    r = await start_router(make_table([f"http://{HOST}:{m.port}" for m in backends],
-                                      strategy="prefix-affinity"))
+    r = await start_router(
+        make_table([f"http://{HOST}:{m.port}" for m in backends], strategy="prefix-affinity")
+    )
     chosen = collections.defaultdict(set)
     for i in range(40):
         sid = f"s{i % 8}"
-        async with session.post(r.url + "/v1/completions", json=COMPLETION,
-                                headers={"x-session-id": sid}) as resp:
+        async with session.post(
+            r.url + "/v1/completions", json=COMPLETION, headers={"x-session-id": sid}
+        ) as resp:
             chosen[sid].add(resp.headers["x-kubeinfer-backend"])
     assert all(len(v) == 1 for v in chosen.values())
     assert len(set().union(*chosen.values())) > 1
@@ -203,9 +210,13 @@ async def test_session_affinity(mocks, start_router, session) -> None:
 
 async def test_canary_weights_split_exactly(mocks, start_router, session) -> None:
     backends = await mocks(4)
-    r = await start_router(make_table([f"http://{HOST}:{m.port}" for m in backends],
-                                      revisions=["stable", "stable", "stable", "canary"],
-                                      revisionWeights={"stable": 75, "canary": 25}))
+    r = await start_router(
+        make_table(
+            [f"http://{HOST}:{m.port}" for m in backends],
+            revisions=["stable", "stable", "stable", "canary"],
+            revisionWeights={"stable": 75, "canary": 25},
+        )
+    )
     for _ in range(100):
         async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
             assert resp.status == 200
@@ -217,8 +228,7 @@ async def test_canary_weights_split_exactly(mocks, start_router, session) -> Non
 
 async def test_debug_backends_and_metrics(mocks, start_router, session) -> None:
     backends = await mocks(2)
-    r = await start_router(make_table([f"http://{HOST}:{m.port}" for m in backends],
-                                      generation=7))
+    r = await start_router(make_table([f"http://{HOST}:{m.port}" for m in backends], generation=7))
     for _ in range(10):
         async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
             await resp.read()
@@ -227,7 +237,9 @@ async def test_debug_backends_and_metrics(mocks, start_router, session) -> None:
     assert doc["generation"] == 7
     assert doc["model"] == "tiny"
     assert [(b["name"], b["requests"], b["errors"], b["inFlight"]) for b in doc["backends"]] == [
-        ("b0", 5, 0, 0), ("b1", 5, 0, 0)]
+        ("b0", 5, 0, 0),
+        ("b1", 5, 0, 0),
+    ]
     window = doc["revisions"]["r1"]["window"]
     assert window["requests"] == 10
     assert window["errorRate"] == 0.0
@@ -237,6 +249,7 @@ async def test_debug_backends_and_metrics(mocks, start_router, session) -> None:
 
     async def scraped() -> bool:
         return all(b["queueDepth"] == 0 for b in r.debug()["backends"])
+
     await async_wait_for(scraped, 5.0, what="queue depth scraped from the mocks' /metrics")
 
     async with session.get(r.url + "/metrics") as resp:
@@ -250,8 +263,9 @@ async def test_debug_backends_and_metrics(mocks, start_router, session) -> None:
 async def test_access_log_has_one_json_line_per_request(mocks, start_router, session) -> None:
     (m,) = await mocks(1)
     r = await start_router(make_table([f"http://{HOST}:{m.port}"]))
-    async with session.post(r.url + "/v1/completions", json=COMPLETION,
-                            headers={"x-request-id": "abc-1"}) as resp:
+    async with session.post(
+        r.url + "/v1/completions", json=COMPLETION, headers={"x-request-id": "abc-1"}
+    ) as resp:
         await resp.read()
     async with session.post(r.url + "/v1/completions", json={**COMPLETION, "model": "x"}) as resp:
         await resp.read()
@@ -275,19 +289,22 @@ async def test_client_disconnect_cancels_the_upstream_request(mocks, start_route
     r = await start_router(make_table([f"http://{HOST}:{m.port}"]))
     async with aiohttp.ClientSession() as s:
         with pytest.raises(TimeoutError):
-            await s.post(r.url + "/v1/completions", json=COMPLETION,
-                         timeout=aiohttp.ClientTimeout(total=0.3))
+            await s.post(
+                r.url + "/v1/completions", json=COMPLETION, timeout=aiohttp.ClientTimeout(total=0.3)
+            )
 
     async def upstream_gone() -> bool:
         return m.state.running == 0 and r.pool.backends["b0"].in_flight == 0
+
     await async_wait_for(upstream_gone, 2.0, interval=0.02, what="upstream request cancelled")
     assert r.access_lines()[-1]["status"] == 499
 
 
 async def test_request_timeout_is_504(mocks, start_router, session) -> None:
     (m,) = await mocks(1, delay=5.0)
-    r = await start_router(make_table([f"http://{HOST}:{m.port}"], requestTimeoutSeconds=0.3,
-                                      retries=0))
+    r = await start_router(
+        make_table([f"http://{HOST}:{m.port}"], requestTimeoutSeconds=0.3, retries=0)
+    )
     async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
         assert resp.status == 504
         assert (await resp.json())["error"]["code"] == 504
@@ -300,11 +317,11 @@ async def test_api_key_is_required_when_configured(mocks, start_router, session)
     async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
         assert resp.status == 401
         assert (await resp.json())["error"]["type"] == "AuthenticationError"
-    async with session.get(r.url + "/v1/models",
-                           headers={"authorization": "Bearer wrong"}) as resp:
+    async with session.get(r.url + "/v1/models", headers={"authorization": "Bearer wrong"}) as resp:
         assert resp.status == 401
-    async with session.post(r.url + "/v1/completions", json=COMPLETION,
-                            headers={"authorization": "Bearer s3cret"}) as resp:
+    async with session.post(
+        r.url + "/v1/completions", json=COMPLETION, headers={"authorization": "Bearer s3cret"}
+    ) as resp:
         assert resp.status == 200
     for probe in ("/healthz", "/readyz", "/metrics"):  # kubelet and Prometheus have no key
         async with session.get(r.url + probe) as resp:
@@ -319,7 +336,7 @@ async def test_api_key_is_required_when_configured(mocks, start_router, session)
         b"POST /v1/completions HTTP/1.1\r\nContent-Length: nope\r\n\r\n{}",
         b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n",
         b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n",
-        b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"model\":",  # then gone
+        b'POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"model":',  # then gone
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 27\r\n\r\n"
         b'{"model":"tiny","messages":',
@@ -343,8 +360,7 @@ async def test_the_router_survives_hostile_input(mocks, start_router, session, r
         assert resp.status == 200  # and it still serves
 
 
-async def test_https_backend_certificates_are_verified(start_router, session,
-                                                       tmp_path) -> None:
+async def test_https_backend_certificates_are_verified(start_router, session, tmp_path) -> None:
     import datetime
     import ssl
 
@@ -357,13 +373,24 @@ async def test_https_backend_certificates_are_verified(start_router, session,
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-signed")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     (m,) = await serve(HOST, [0], MockConfig(), tls=ctx)

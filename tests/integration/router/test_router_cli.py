@@ -18,16 +18,32 @@ from routerhelpers import HOST, free_port, make_table
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
 
 
-def start_cli(tmp_path: Path, table_urls: list[str], *args: str) -> tuple[subprocess.Popen[bytes],
-                                                                          str, Path]:
+def start_cli(
+    tmp_path: Path, table_urls: list[str], *args: str
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     routes = tmp_path / "routes.yaml"
     routes.write_text(json.dumps(make_table(table_urls).to_dict()))
     port = free_port()
     log = tmp_path / "router.log"
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "kubeinfer.router.main", "--config", str(routes),
-         "--host", HOST, "--port", str(port), "--access-log", "off", *args],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ},
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "kubeinfer.router.main",
+            "--config",
+            str(routes),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--access-log",
+            "off",
+            *args,
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
     )
     return proc, f"http://{HOST}:{port}", log
 
@@ -36,20 +52,23 @@ async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
     async def ready() -> bool:
         async with session.get(url + "/readyz") as r:
             return r.status == 200
+
     await async_wait_for(ready, 15.0, interval=0.05, what=f"router at {url}")
 
 
-async def test_processes_share_the_port_and_report_together(mocks, session,
-                                                            tmp_path: Path) -> None:
+async def test_processes_share_the_port_and_report_together(mocks, session, tmp_path: Path) -> None:
     backends = await mocks(2)
-    proc, url, log = start_cli(tmp_path, [f"http://{HOST}:{m.port}" for m in backends],
-                               "--processes", "2")
+    proc, url, log = start_cli(
+        tmp_path, [f"http://{HOST}:{m.port}" for m in backends], "--processes", "2"
+    )
     try:
         await wait_ready(session, url)
         for _ in range(60):
             # A new connection each time, so the kernel spreads them over processes.
-            async with aiohttp.ClientSession() as fresh, fresh.post(
-                url + "/v1/completions", json=COMPLETION) as r:
+            async with (
+                aiohttp.ClientSession() as fresh,
+                fresh.post(url + "/v1/completions", json=COMPLETION) as r,
+            ):
                 assert r.status == 200
                 await r.read()
         # Whichever process answers, the stats are the pod's.
@@ -84,8 +103,14 @@ async def test_sigterm_drains_requests_in_flight(mocks, session, tmp_path: Path)
 
 async def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "kubeinfer.router.main", "--config",
-        str(tmp_path / "nope.yaml"), stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-P",
+        "-m",
+        "kubeinfer.router.main",
+        "--config",
+        str(tmp_path / "nope.yaml"),
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2
     assert b"no such file" in err
@@ -94,4 +119,5 @@ async def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def _running(m):
     async def check() -> bool:
         return m.state.running == 1
+
     return check

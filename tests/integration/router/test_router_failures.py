@@ -20,17 +20,20 @@ async def test_kill_9_under_load_loses_no_request(mock_processes, start_router, 
     procs = await mock_processes(3, "--delay", "0.02")
     r = await start_router(make_table([p.url for p in procs]))
     victim = r.pool.backends["b0"]
-    load = asyncio.create_task(run_load(session, r.url, concurrency=12, max_requests=3000,
-                                        max_seconds=3.0))
+    load = asyncio.create_task(
+        run_load(session, r.url, concurrency=12, max_requests=3000, max_seconds=3.0)
+    )
 
     async def busy() -> bool:
         return victim.in_flight > 0 and victim.stats.requests > 50
+
     await async_wait_for(busy, 5.0, interval=0.01, what="load on the victim")
     procs[0].kill()
     killed_at = time.monotonic()
 
     async def out_of_rotation() -> bool:
         return not victim.available(time.monotonic())
+
     await async_wait_for(out_of_rotation, 2.0, interval=0.01, what="victim out of rotation")
     out_after = time.monotonic() - killed_at
     result = await load
@@ -49,8 +52,7 @@ async def _unhealthy(b) -> bool:
     return not b.healthy
 
 
-async def test_connection_refused_backend_is_skipped(mock_processes, start_router,
-                                                     session) -> None:
+async def test_connection_refused_backend_is_skipped(mock_processes, start_router, session) -> None:
     (alive,) = await mock_processes(1)
     r = await start_router(make_table([f"http://{HOST}:{free_port()}", alive.url]))
     result = await run_load(session, r.url, concurrency=4, max_requests=100, max_seconds=5.0)
@@ -59,8 +61,9 @@ async def test_connection_refused_backend_is_skipped(mock_processes, start_route
     assert r.debug()["backends"][0]["ejected"] or not r.pool.backends["b0"].healthy
 
 
-async def test_hanging_backend_is_ejected_and_its_requests_retried(mock_processes, start_router,
-                                                                   session) -> None:
+async def test_hanging_backend_is_ejected_and_its_requests_retried(
+    mock_processes, start_router, session
+) -> None:
     procs = await mock_processes(2)
     await procs[0].set(session, mode="hang")  # /health stays 200, like a hung vLLM engine
     r = await start_router(make_table([p.url for p in procs], stallTimeoutSeconds=0.5))
@@ -73,12 +76,18 @@ async def test_hanging_backend_is_ejected_and_its_requests_retried(mock_processe
     assert r.pool.backends["b0"].healthy  # the health check alone would never catch it
 
 
-async def test_dead_engine_500_is_retried_and_counted(mock_processes, start_router,
-                                                      session) -> None:
+async def test_dead_engine_500_is_retried_and_counted(
+    mock_processes, start_router, session
+) -> None:
     procs = await mock_processes(2)
     await procs[1].set(session, mode="engine-dead")
-    r = await start_router(make_table([p.url for p in procs], revisions=["stable", "canary"],
-                                      revisionWeights={"stable": 50, "canary": 50}))
+    r = await start_router(
+        make_table(
+            [p.url for p in procs],
+            revisions=["stable", "canary"],
+            revisionWeights={"stable": 50, "canary": 50},
+        )
+    )
     result = await run_load(session, r.url, concurrency=1, max_requests=20, max_seconds=10.0)
     assert result.failed == []
     doc = r.debug()
@@ -88,19 +97,24 @@ async def test_dead_engine_500_is_retried_and_counted(mock_processes, start_rout
     assert doc["revisions"]["stable"]["errors"] == 0
 
 
-async def test_dead_engine_is_ejected_with_growing_time_out(mock_processes, start_router,
-                                                           session) -> None:
+async def test_dead_engine_is_ejected_with_growing_time_out(
+    mock_processes, start_router, session
+) -> None:
     procs = await mock_processes(2)
     await procs[1].set(session, mode="engine-dead")
-    r = await start_router(make_table([p.url for p in procs]), ejection=EjectionPolicy(
-        consecutive_failures=2, base_seconds=0.3, max_seconds=5.0))
+    r = await start_router(
+        make_table([p.url for p in procs]),
+        ejection=EjectionPolicy(consecutive_failures=2, base_seconds=0.3, max_seconds=5.0),
+    )
     dead = r.pool.backends["b1"]
     stop = asyncio.Event()
-    load = asyncio.create_task(run_load(session, r.url, concurrency=2, max_requests=2000,
-                                        max_seconds=8.0, stop=stop))
+    load = asyncio.create_task(
+        run_load(session, r.url, concurrency=2, max_requests=2000, max_seconds=8.0, stop=stop)
+    )
     # Re-admitted after its time out, it fails again and goes out for longer.
-    await async_wait_for(_flag(lambda: dead.ejections >= 2), 6.0, interval=0.02,
-                         what="a second ejection")
+    await async_wait_for(
+        _flag(lambda: dead.ejections >= 2), 6.0, interval=0.02, what="a second ejection"
+    )
     stop.set()
     result = await load
     assert result.failed == []
@@ -108,14 +122,16 @@ async def test_dead_engine_is_ejected_with_growing_time_out(mock_processes, star
     assert r.router.counters["ejections"]["b1|500"] >= 2
 
 
-async def test_active_health_check_takes_backends_out_and_back(mock_processes, start_router,
-                                                               session) -> None:
+async def test_active_health_check_takes_backends_out_and_back(
+    mock_processes, start_router, session
+) -> None:
     procs = await mock_processes(2)
     r = await start_router(make_table([p.url for p in procs]))
     b0 = r.pool.backends["b0"]
     await procs[0].set(session, health=503)  # e.g. the agent's /ready while draining
-    await async_wait_for(_flag(lambda: not b0.healthy), 3.0, interval=0.02,
-                         what="two failed checks")
+    await async_wait_for(
+        _flag(lambda: not b0.healthy), 3.0, interval=0.02, what="two failed checks"
+    )
     result = await run_load(session, r.url, concurrency=2, max_requests=20, max_seconds=5.0)
     assert set(result.backends) == {"b1"}
     assert r.debug()["backends"][0]["healthy"] is False
@@ -133,7 +149,7 @@ async def test_aborted_stream_counts_as_a_failure(mock_processes, start_router, 
     async with session.post(r.url + "/v1/completions", json=body) as resp:
         assert resp.status == 200
         events = [line async for line in resp.content if line.strip()]
-    last = json.loads(events[-3][len(b"data: "):])
+    last = json.loads(events[-3][len(b"data: ") :])
     assert last["choices"][0]["finish_reason"] == "abort"  # passed through untouched
     assert events[-1] == b"data: [DONE]\n"
     assert r.debug()["backends"][0]["errors"] == 1
@@ -188,8 +204,11 @@ async def test_no_retry_after_the_stream_started(mock_processes, start_router, s
 
 async def test_full_queue_answers_429(mock_processes, start_router, session) -> None:
     (p,) = await mock_processes(1, "--delay", "0.5")
-    r = await start_router(make_table([p.url], queueSize=1, queueTimeoutSeconds=5,
-                                      backend_extra=[{"maxConcurrency": 1}]))
+    r = await start_router(
+        make_table(
+            [p.url], queueSize=1, queueTimeoutSeconds=5, backend_extra=[{"maxConcurrency": 1}]
+        )
+    )
 
     async def one() -> tuple[int, str | None]:
         async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
@@ -208,8 +227,11 @@ async def test_full_queue_answers_429(mock_processes, start_router, session) -> 
 
 async def test_queue_wait_past_deadline_is_429(mock_processes, start_router, session) -> None:
     (p,) = await mock_processes(1, "--delay", "1.0")
-    r = await start_router(make_table([p.url], queueSize=4, queueTimeoutSeconds=0.2,
-                                      backend_extra=[{"maxConcurrency": 1}]))
+    r = await start_router(
+        make_table(
+            [p.url], queueSize=4, queueTimeoutSeconds=0.2, backend_extra=[{"maxConcurrency": 1}]
+        )
+    )
     first = asyncio.create_task(session.post(r.url + "/v1/completions", json=COMPLETION))
     await async_wait_for(_flag(lambda: r.pool.backends["b0"].in_flight == 1), 2.0)
     async with session.post(r.url + "/v1/completions", json=COMPLETION) as resp:
@@ -221,4 +243,5 @@ async def test_queue_wait_past_deadline_is_429(mock_processes, start_router, ses
 def _flag(check):
     async def poll() -> bool:
         return bool(check())
+
     return poll

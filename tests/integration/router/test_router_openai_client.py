@@ -20,12 +20,16 @@ async def test_openai_client_completions_and_chat(mocks, start_router) -> None:
         assert completion.usage is not None
 
         chat = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}])
+            model="tiny", messages=[{"role": "user", "content": "hi"}]
+        )
         assert chat.choices[0].message.content
 
         stream = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True,
-            stream_options={"include_usage": True})
+            model="tiny",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         pieces, finish, usage = [], None, None
         async for chunk in stream:
             if chunk.choices:

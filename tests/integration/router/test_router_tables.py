@@ -22,8 +22,9 @@ def write_table(path: Path, urls: list[str], generation: int, **extra: Any) -> N
     tmp.replace(path)  # atomic, like a ConfigMap volume update
 
 
-async def test_file_change_under_load_loses_nothing(mocks, start_router, session,
-                                                    tmp_path: Path) -> None:
+async def test_file_change_under_load_loses_nothing(
+    mocks, start_router, session, tmp_path: Path
+) -> None:
     a, b, c = await mocks(3, delay=0.005)
     url_a, url_b, url_c = (f"http://{HOST}:{m.port}" for m in (a, b, c))
     path = tmp_path / "routes.json"
@@ -32,8 +33,9 @@ async def test_file_change_under_load_loses_nothing(mocks, start_router, session
     source = FileSource(str(path), r.router.apply_table, r.router.reject_table, interval=0.05)
     assert source.check()
     r.router.spawn(source.run(), "file")
-    load = asyncio.create_task(run_load(session, r.url, concurrency=8, max_requests=4000,
-                                        max_seconds=3.0))
+    load = asyncio.create_task(
+        run_load(session, r.url, concurrency=8, max_requests=4000, max_seconds=3.0)
+    )
     await async_wait_for(_flag(lambda: b.state.requests > 20), 3.0)
     removed_states = list(r.pool.backends.values())
     # b leaves, c joins; b keeps its name but gets a new URL: a new backend.
@@ -75,10 +77,12 @@ class FakeKubeApi:
         self.port = 0
 
     def configmap(self) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "svc-routes", "namespace": "ns",
-                             "resourceVersion": str(self.rv)},
-                "data": dict(self.data)}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "svc-routes", "namespace": "ns", "resourceVersion": str(self.rv)},
+            "data": dict(self.data),
+        }
 
     def set_table(self, table: dict[str, Any] | str) -> dict[str, Any]:
         self.rv += 1
@@ -99,10 +103,14 @@ class FakeKubeApi:
         assert request.query.get("fieldSelector") == "metadata.name=svc-routes"
         if request.query.get("watch") not in ("true", "True", "1"):
             self.lists += 1
-            return aiohttp.web.json_response({
-                "apiVersion": "v1", "kind": "ConfigMapList",
-                "metadata": {"resourceVersion": str(self.rv)},
-                "items": [self.configmap()] if self.data else []})
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMapList",
+                    "metadata": {"resourceVersion": str(self.rv)},
+                    "items": [self.configmap()] if self.data else [],
+                }
+            )
         self.watches += 1
         resp = aiohttp.web.StreamResponse()
         resp.content_type = "application/json"
@@ -130,14 +138,16 @@ async def test_configmap_watch(mocks, start_router, kubeconfig_env) -> None:
     try:
         with no_kubernetes_service_host():
             r.router.spawn(source.run(), "watch")
-            await async_wait_for(_flag(lambda: r.pool.table is not None), 10.0,
-                                 what="first table from the list")
+            await async_wait_for(
+                _flag(lambda: r.pool.table is not None), 10.0, what="first table from the list"
+            )
         assert r.pool.table.generation == 1
         await async_wait_for(_flag(lambda: api.watches == 1), 5.0)
 
         # A change arrives as a MODIFIED event.
-        second = make_table([f"http://{HOST}:{a.port}", f"http://{HOST}:{b.port}"],
-                            generation=2).to_dict()
+        second = make_table(
+            [f"http://{HOST}:{a.port}", f"http://{HOST}:{b.port}"], generation=2
+        ).to_dict()
         await api.events.put({"type": "MODIFIED", "object": api.set_table(second)})
         await async_wait_for(_flag(lambda: r.pool.table.generation == 2), 5.0)
         assert len(r.pool.backends) == 2
@@ -150,11 +160,24 @@ async def test_configmap_watch(mocks, start_router, kubeconfig_env) -> None:
         # The watch expires (410 Gone): the source lists again and catches up.
         third = make_table([f"http://{HOST}:{b.port}"], generation=3).to_dict()
         api.set_table(third)
-        await api.events.put({"type": "ERROR", "object": {
-            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-            "reason": "Expired", "message": "too old resource version"}})
-        await async_wait_for(_flag(lambda: r.pool.table.generation == 3), 5.0,
-                             what="table from the re-list after 410")
+        await api.events.put(
+            {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": "too old resource version",
+                },
+            }
+        )
+        await async_wait_for(
+            _flag(lambda: r.pool.table.generation == 3),
+            5.0,
+            what="table from the re-list after 410",
+        )
         assert api.lists >= 2
         assert list(r.pool.backends) == ["b0"]
     finally:
@@ -164,4 +187,5 @@ async def test_configmap_watch(mocks, start_router, kubeconfig_env) -> None:
 def _flag(check):
     async def poll() -> bool:
         return bool(check())
+
     return poll

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,9 +80,31 @@ def test_drain_gives_up_after_drain_seconds(start_worker: Any) -> None:
     assert status == 200
     # Past the grace period the engine gets SIGTERM and aborts, like vLLM.
     assert last_chunk(raw)["choices"][0]["finish_reason"] == "abort"
-    assert worker.termination_message() == (
-        "drain timed out after 0.5 s with 1 running and 0 waiting requests"
-    )
+    assert re.fullmatch(
+        r"drain timed out after 0\.[5-9] s \(--drain-seconds 0\.5\) with 1 request in the engine",
+        worker.termination_message() or "",
+    ), worker.termination_message()
+
+
+def test_second_signal_cuts_the_drain_short(start_worker: Any) -> None:
+    worker = start_worker(simulator={"ttftMs": 1, "tpotMs": 50}, args=("--drain-seconds", "30"))
+    worker.wait_ready()
+    with ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(
+            http, worker.url + "/v1/completions", {"prompt": "x", "max_tokens": 400, "stream": True}
+        )
+        wait_for(lambda: engine_running(worker, 1), 10, "the request to run")
+        worker.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: worker.ready()[1]["phase"] == "draining", 5, "the drain to start")
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.wait_exit(15) == 0
+        stream.result(10)
+    # Not "timed out after 30 s": the second signal ended it, well before.
+    message = worker.termination_message() or ""
+    assert re.fullmatch(
+        r"drain cut short by a second signal after [0-2]\.\d s with 1 request in the engine",
+        message,
+    ), message
 
 
 def test_sigterm_while_loading(start_worker: Any) -> None:

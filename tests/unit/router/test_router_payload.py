@@ -46,8 +46,9 @@ def test_good_bodies(body: dict, chat: bool, stream: bool) -> None:
 
 
 def key(body: dict, session: bytes | None = None, prefix: int = 16) -> int | None:
-    return affinity_key(parse_inference(json.dumps(body).encode(), chat="messages" in body),
-                        session, prefix)
+    return affinity_key(
+        parse_inference(json.dumps(body).encode(), chat="messages" in body), session, prefix
+    )
 
 
 def test_affinity_key_order_session_then_user_then_prefix() -> None:
@@ -62,9 +63,16 @@ def test_chat_prefix_uses_message_text_in_order() -> None:
     system = {"role": "system", "content": "You are a helpful assistant."}
     a = {"model": "m", "messages": [system, {"role": "user", "content": "question A"}]}
     b = {"model": "m", "messages": [system, {"role": "user", "content": "question B"}]}
-    parts = {"model": "m", "messages": [
-        {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
-        {"role": "user", "content": "question C"}]}
+    parts = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "You are a helpful assistant."}],
+            },
+            {"role": "user", "content": "question C"},
+        ],
+    }
     assert key(a) == key(b) == key(parts)  # first 16 characters are the system prompt
     assert key(a, prefix=64) != key(b, prefix=64)
 
@@ -92,8 +100,11 @@ def test_tables_parse_from_json_and_yaml(text: str) -> None:
         ("- a\n- b\n", "mapping"),
         ('{"service": "s"}', "model"),
         ('{"service": "s", "model": "m", "revisionWeights": {"a": 60, "b": 60}}', "100"),
-        ('{"service": "s", "model": "m", "backends": [{"name": "a", "url": "ftp://x", '
-         '"revision": "r"}]}', "backends.0.url"),
+        (
+            '{"service": "s", "model": "m", "backends": [{"name": "a", "url": "ftp://x", '
+            '"revision": "r"}]}',
+            "backends.0.url",
+        ),
         ('{"service": "s", "model": "m", "strategy": "random"}', "strategy"),
     ],
 )

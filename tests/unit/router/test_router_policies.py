@@ -95,8 +95,10 @@ def test_smooth_weighted_survives_a_backend_leaving_and_returning() -> None:
     ],
 )
 def test_least_loaded_choice(loads: list[int], queues: list[int | None], expected: str) -> None:
-    backends = [B(f"b{i}", in_flight=n, queue_depth=q)
-                for i, (n, q) in enumerate(zip(loads, queues, strict=True))]
+    backends = [
+        B(f"b{i}", in_flight=n, queue_depth=q)
+        for i, (n, q) in enumerate(zip(loads, queues, strict=True))
+    ]
     assert LeastLoaded().choose(backends, None).name == expected
 
 
@@ -125,7 +127,8 @@ def test_prefix_affinity_spreads_many_keys() -> None:
     backends = names(4)
     policy = PrefixAffinity()
     counts = collections.Counter(
-        policy.choose(backends, stable_hash(f"user-{k}".encode())).name for k in range(4000))
+        policy.choose(backends, stable_hash(f"user-{k}".encode())).name for k in range(4000)
+    )
     assert len(counts) == 4
     assert min(counts.values()) > 4000 / 4 * 0.6
 
@@ -172,11 +175,13 @@ def test_prefix_affinity_without_key_is_least_loaded() -> None:
         ({"a": 20, "b": 30, "c": 50}, 100, {"a": 20, "b": 30, "c": 50}),
     ],
 )
-def test_canary_split_is_exact(weights: dict[str, int], picks: int,
-                               expected: dict[str, int]) -> None:
+def test_canary_split_is_exact(
+    weights: dict[str, int], picks: int, expected: dict[str, int]
+) -> None:
     splitter = RevisionSplitter()
-    counts = collections.Counter(splitter.choose(weights, list(weights), None)
-                                 for _ in range(picks))
+    counts = collections.Counter(
+        splitter.choose(weights, list(weights), None) for _ in range(picks)
+    )
     assert counts == expected
 
 

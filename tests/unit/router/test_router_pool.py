@@ -28,12 +28,18 @@ class Clock:
 
 
 def table(backends: list[dict[str, Any]], **extra: Any) -> RoutingTable:
-    return RoutingTable.model_validate({
-        "service": "svc", "model": "m", "strategy": "round-robin",
-        "backends": [{"url": f"http://127.0.0.1:{9000 + i}", "revision": "r1", **b}
-                     for i, b in enumerate(backends)],
-        **extra,
-    })
+    return RoutingTable.model_validate(
+        {
+            "service": "svc",
+            "model": "m",
+            "strategy": "round-robin",
+            "backends": [
+                {"url": f"http://127.0.0.1:{9000 + i}", "revision": "r1", **b}
+                for i, b in enumerate(backends)
+            ],
+            **extra,
+        }
+    )
 
 
 def pool_of(backends: list[dict[str, Any]], **extra: Any) -> tuple[Pool, Clock]:
@@ -65,8 +71,9 @@ def pick_names(pool: Pool, n: int, exclude: tuple[str, ...] = ()) -> list[str | 
         ({"a": {"healthy": False}, "b": {"draining": True}, "c": {"ejected_until": 1e9}}, {None}),
     ],
 )
-def test_only_available_backends_are_picked(changes: dict[str, dict[str, Any]],
-                                            expected: set[str | None]) -> None:
+def test_only_available_backends_are_picked(
+    changes: dict[str, dict[str, Any]], expected: set[str | None]
+) -> None:
     pool, _ = pool_of([{"name": "a"}, {"name": "b"}, {"name": "c"}])
     for name, attrs in changes.items():
         for key, value in attrs.items():
@@ -89,34 +96,45 @@ def test_excluded_backends_are_skipped() -> None:
         ({}, ["r1", "r2", "r2", "r2"], {"r1": 25, "r2": 75}),  # shared by capacity
     ],
 )
-def test_canary_split_over_revisions(weights: dict[str, int], revisions: list[str],
-                                     expected: dict[str, int]) -> None:
-    pool, _ = pool_of([{"name": f"b{i}", "revision": r} for i, r in enumerate(revisions)],
-                      revisionWeights=weights)
-    counts = collections.Counter(pool.backends[n].revision  # type: ignore[index]
-                                 for n in pick_names(pool, 100))
+def test_canary_split_over_revisions(
+    weights: dict[str, int], revisions: list[str], expected: dict[str, int]
+) -> None:
+    pool, _ = pool_of(
+        [{"name": f"b{i}", "revision": r} for i, r in enumerate(revisions)], revisionWeights=weights
+    )
+    counts = collections.Counter(
+        pool.backends[n].revision  # type: ignore[index]
+        for n in pick_names(pool, 100)
+    )
     assert counts == expected
 
 
 def test_canary_without_healthy_backends_hands_its_share_over() -> None:
-    pool, _ = pool_of([{"name": "s", "revision": "stable"}, {"name": "c", "revision": "canary"}],
-                      revisionWeights={"stable": 90, "canary": 10})
+    pool, _ = pool_of(
+        [{"name": "s", "revision": "stable"}, {"name": "c", "revision": "canary"}],
+        revisionWeights={"stable": 90, "canary": 10},
+    )
     pool.backends["c"].healthy = False
     assert set(pick_names(pool, 50)) == {"s"}
 
 
 def test_unlisted_revision_serves_when_nothing_else_can() -> None:
-    pool, _ = pool_of([{"name": "old", "revision": "r1"}, {"name": "new", "revision": "r2"}],
-                      revisionWeights={"r2": 100})
+    pool, _ = pool_of(
+        [{"name": "old", "revision": "r1"}, {"name": "new", "revision": "r2"}],
+        revisionWeights={"r2": 100},
+    )
     pool.backends["new"].healthy = False
     assert set(pick_names(pool, 5)) == {"old"}
 
 
 def test_full_canary_spills_over_before_queueing() -> None:
-    pool, _ = pool_of([
-        {"name": "s", "revision": "stable", "maxConcurrency": 10},
-        {"name": "c", "revision": "canary", "maxConcurrency": 1},
-    ], revisionWeights={"stable": 50, "canary": 50})
+    pool, _ = pool_of(
+        [
+            {"name": "s", "revision": "stable", "maxConcurrency": 10},
+            {"name": "c", "revision": "canary", "maxConcurrency": 1},
+        ],
+        revisionWeights={"stable": 50, "canary": 50},
+    )
     held = [pool.pick(None)[0] for _ in range(11)]
     assert collections.Counter(b.name for b in held if b) == {"s": 10, "c": 1}
     assert pool.pick(None) == (None, True)
@@ -217,8 +235,9 @@ def test_table_settings_update_in_place() -> None:
 def test_ejection_time_grows_and_is_forgotten() -> None:
     pool, clock = pool_of([{"name": "a"}])
     a = pool.backends["a"]
-    policy = EjectionPolicy(consecutive_failures=3, base_seconds=1.0, max_seconds=8.0,
-                            forget_after_seconds=100.0)
+    policy = EjectionPolicy(
+        consecutive_failures=3, base_seconds=1.0, max_seconds=8.0, forget_after_seconds=100.0
+    )
     assert [a.record_failure(clock.now, policy) for _ in range(3)] == [False, False, True]
     assert a.ejected_until == clock.now + 1.0
     durations = []
@@ -257,8 +276,9 @@ def test_success_clears_probation() -> None:
         ([False, False, True, True], 2, 2, True),
     ],
 )
-def test_health_thresholds(results: list[bool], unhealthy: int, healthy: int,
-                           expected: bool) -> None:
+def test_health_thresholds(
+    results: list[bool], unhealthy: int, healthy: int, expected: bool
+) -> None:
     pool, _ = pool_of([{"name": "a"}])
     a = pool.backends["a"]
     for ok in results:
@@ -289,8 +309,11 @@ def test_retry_budget_allows_a_trickle_at_low_traffic() -> None:
 
 
 def test_snapshot_has_backends_revisions_and_queue() -> None:
-    pool, clock = pool_of([{"name": "a", "revision": "r1"}, {"name": "b", "revision": "r2"}],
-                          revisionWeights={"r1": 50, "r2": 50}, queueSize=7)
+    pool, clock = pool_of(
+        [{"name": "a", "revision": "r1"}, {"name": "b", "revision": "r2"}],
+        revisionWeights={"r1": 50, "r2": 50},
+        queueSize=7,
+    )
     a = pool.backends["a"]
     pool.record_attempt(a, "200", False, 0.010, 0.002, clock.now)
     pool.record_attempt(a, "503", True, 0.020, 0.020, clock.now)

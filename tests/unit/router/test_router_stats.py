@@ -74,14 +74,21 @@ def _pool_snapshot(requests: int, errors: int, latency: float) -> dict:
     pool = Pool(clock=lambda: 50.0)
     from kubeinfer.operator.api.routing import RoutingTable
 
-    pool.apply(RoutingTable.model_validate({
-        "service": "s", "model": "m", "generation": 4,
-        "backends": [{"name": "a", "url": "http://127.0.0.1:1", "revision": "r1"}],
-    }))
+    pool.apply(
+        RoutingTable.model_validate(
+            {
+                "service": "s",
+                "model": "m",
+                "generation": 4,
+                "backends": [{"name": "a", "url": "http://127.0.0.1:1", "revision": "r1"}],
+            }
+        )
+    )
     a = pool.backends["a"]
     for i in range(requests):
-        pool.record_attempt(a, "503" if i < errors else "200", i < errors, latency, latency / 2,
-                            50.0)
+        pool.record_attempt(
+            a, "503" if i < errors else "200", i < errors, latency, latency / 2, 50.0
+        )
     snap = pool.snapshot(50.0, 0.0)
     snap["counters"] = {"responses": {"200": requests - errors}}
     # What crosses the control socket between processes is JSON.
@@ -110,12 +117,29 @@ def test_debug_document_has_the_agreed_shape() -> None:
     assert set(doc) == {"generation", "model", "backends", "revisions", "queue"}
     assert doc["generation"] == 4
     assert doc["model"] == "m"
-    assert set(doc["backends"][0]) == {"name", "url", "revision", "healthy", "draining",
-                                       "ejected", "inFlight", "queueDepth", "requests", "errors"}
+    assert set(doc["backends"][0]) == {
+        "name",
+        "url",
+        "revision",
+        "healthy",
+        "draining",
+        "ejected",
+        "inFlight",
+        "queueDepth",
+        "requests",
+        "errors",
+    }
     assert set(doc["revisions"]["r1"]) == {"requests", "errors", "window"}
     assert set(doc["revisions"]["r1"]["window"]) == {
-        "seconds", "requests", "errors", "errorRate", "p50LatencyMs", "p99LatencyMs",
-        "p50TtftMs", "p99TtftMs"}
+        "seconds",
+        "requests",
+        "errors",
+        "errorRate",
+        "p50LatencyMs",
+        "p99LatencyMs",
+        "p50TtftMs",
+        "p99TtftMs",
+    }
     assert set(doc["queue"]) == {"length", "capacity"}
 
 
@@ -125,15 +149,27 @@ def test_prometheus_text_parses_and_has_the_families() -> None:
     snap["counters"]["ejections"] = {"a|reset": 1}
     families = {f.name: f for f in text_string_to_metric_families(metrics.render(snap).decode())}
     p = metrics.PREFIX
-    for name in ("requests", "backend_requests", "backend_errors",
-                 "backend_request_duration_seconds", "backend_ttft_seconds", "in_flight",
-                 "queue_length", "retries", "ejections", "backend_healthy",
-                 "revision_request_duration_seconds"):
+    for name in (
+        "requests",
+        "backend_requests",
+        "backend_errors",
+        "backend_request_duration_seconds",
+        "backend_ttft_seconds",
+        "in_flight",
+        "queue_length",
+        "retries",
+        "ejections",
+        "backend_healthy",
+        "revision_request_duration_seconds",
+    ):
         assert p + name in families, name
     by_status = {s.labels["status"]: s.value for s in families[p + "backend_requests"].samples}
     assert by_status == {"200": 4, "503": 2}
-    counts = [s for s in families[p + "backend_request_duration_seconds"].samples
-              if s.name.endswith("_count")]
+    counts = [
+        s
+        for s in families[p + "backend_request_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
     assert counts[0].value == 6
 
 

@@ -197,6 +197,8 @@ class TestEnvironment:
         assert env["HF_TOKEN"] == "hf_x"
         assert env["VLLM_NO_USAGE_STATS"] == "1"
         assert "HF_HUB_OFFLINE" not in env
+        # vLLM's spawned engine core must not import operator/ from the cwd.
+        assert env["PYTHONSAFEPATH"] == "1"
 
     def test_local_weights_stay_offline(self) -> None:
         assert build_vllm_env({}, model(source="/mnt/models/x"))["HF_HUB_OFFLINE"] == "1"
