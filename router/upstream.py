@@ -25,7 +25,10 @@ import httptools
 
 # vLLM marks a stream cut short by SIGTERM or an engine abort this way.
 _ABORT_MARKERS = (b'"finish_reason":"abort"', b'"finish_reason": "abort"')
-_TAIL = 32
+# The last event of every complete OpenAI stream. A stream that ends
+# without it was cut, however cleanly the HTTP body ended.
+DONE_MARKER = b"data: [DONE]"
+_TAIL = 32  # longer than either marker, so one split across two reads is still seen
 
 
 class UpstreamError(Exception):
@@ -103,12 +106,18 @@ class Exchange:
             probe = tail + data
             if _ABORT_MARKERS[0] in probe or _ABORT_MARKERS[1] in probe:
                 self.aborted_stream = True
-        self._tail = data[-_TAIL:]
+        # The tail spans reads: a worker may send "[DONE]" in pieces.
+        self._tail = data[-_TAIL:] if len(data) >= _TAIL else (tail + data)[-_TAIL:]
         sink = self.sink
         if sink is not None:
             sink(data)
         else:
             self.body.append(data)
+
+    @property
+    def ended_with_done(self) -> bool:
+        """The body so far ends with the SSE ``data: [DONE]`` event."""
+        return DONE_MARKER in self._tail
 
     def on_complete(self) -> None:
         self.complete = True
