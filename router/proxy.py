@@ -253,7 +253,8 @@ async def _stream(r: Router, conn: ClientConnection, b: BackendState, ex: Exchan
     outcome = stream_outcome(broken=broken, aborted=ex.aborted_stream, done=ex.ended_with_done)
     ctx.ttft = ttft = (first - t0) if first is not None else None
     # A cut stream has no "until the last byte" latency worth a percentile.
-    r.attempt_done(b, outcome.label, outcome.failed, None if broken else now - t0, ttft)
+    latency = None if broken is not None and outcome.failed else now - t0
+    r.attempt_done(b, outcome.label, outcome.failed, latency, ttft)
     if outcome.failed:
         ctx.status = FAILED_STREAM_STATUS
         ctx.error = outcome.error
