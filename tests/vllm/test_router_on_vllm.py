@@ -30,6 +30,9 @@ MAX_TOKENS = 400
 LONG_STREAM = {"model": SERVED_NAME, "prompt": "hello", "max_tokens": MAX_TOKENS,
                "ignore_eos": True, "stream": True}
 KILL_AFTER_EVENTS = 20
+# Each test here cold-starts a vLLM server of its own (it gets killed): on a
+# busy shared 2-core machine that has taken over 240 s.
+COLD_START_S = 480.0
 
 
 class RouterProcess:
@@ -149,13 +152,14 @@ def finish_reasons(events: list[bytes]) -> list[str]:
     return out
 
 
+@pytest.mark.timeout(COLD_START_S + 120)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 async def test_a_stream_broken_by_a_dying_worker_is_an_error_everywhere(
         start_vllm: Callable[..., VllmServer],
         start_router: Callable[..., Awaitable[RouterProcess]],
         session: aiohttp.ClientSession, sig: signal.Signals) -> None:
     server = start_vllm()
-    await asyncio.to_thread(server.wait_ready)
+    await asyncio.to_thread(server.wait_ready, COLD_START_S)
     router = await start_router([("w0", server.url, "canary")])
     events, ended = await stream_and_signal(session, router.url, server, sig)
     reasons = finish_reasons(events)
