@@ -45,6 +45,9 @@ class RouterProcess:
             "service": "svc", "model": SERVED_NAME, "strategy": "round-robin",
             "backends": [{"name": n, "url": u, "revision": r} for n, u, r in backends],
             "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 1.0},
+            # vLLM on SIGTERM can leave a stream open with nothing more to
+            # come (docs/router.md, "Stream accounting"): cut it sooner than 30 s.
+            "stallTimeoutSeconds": 10,
         }))
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
