@@ -4,8 +4,9 @@ A stream's 200 head reaches the client before the first token, so the
 status line says nothing about how it went. An OpenAI stream is complete
 only when it ends with ``data: [DONE]``; vLLM ends one that it aborted
 (SIGTERM, engine abort) with ``finish_reason: "abort"`` and then
-``[DONE]``; a worker that dies (SIGKILL, OOM kill, node loss) or stalls
-leaves it cut. Anything but a complete stream is a failure of the worker:
+``[DONE]``, one whose engine died with an error event (``data:
+{"error": ...}``) and then ``[DONE]``; a worker that dies (SIGKILL, OOM
+kill, node loss) or stalls leaves it cut. Anything but a complete stream is a failure of the worker:
 it counts in the metrics, in ``/debug/backends`` (so the canary analysis
 rolls back a revision whose streams break) and for passive ejection, and
 the access log line says what happened.
@@ -38,14 +39,18 @@ class StreamOutcome:
         return self.error is not None
 
 
-def stream_outcome(*, broken: str | None, aborted: bool, done: bool) -> StreamOutcome:
+def stream_outcome(*, broken: str | None, aborted: bool, done: bool,
+                   error_event: bool = False) -> StreamOutcome:
     """Judge a stream that has ended.
 
     ``broken`` is the transport failure that ended it (``reset``, ``stall``,
     ``protocol``) or None when the worker ended the body itself; ``aborted``:
     a ``finish_reason: "abort"`` went through; ``done``: the body ends with
-    ``data: [DONE]``.
+    ``data: [DONE]``; ``error_event``: vLLM sent ``data: {"error": ...}``
+    (generation failed; it still ends with ``[DONE]``).
     """
+    if error_event:
+        return StreamOutcome("error", "error event in stream", end_cleanly=broken is None)
     if aborted:
         # vLLM's own signal that the answer is incomplete; pass its end
         # through when it made one.

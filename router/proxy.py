@@ -232,8 +232,8 @@ async def _stream(r: Router, conn: ClientConnection, b: BackendState, ex: Exchan
     """Pass an SSE stream through chunk by chunk; no retry once it started.
 
     How it ended decides whether the attempt failed (`stream_outcome`): a
-    stream without ``data: [DONE]`` or with ``finish_reason: "abort"`` is a
-    worker failure even though the client had a 200 head.
+    stream without ``data: [DONE]``, with ``finish_reason: "abort"`` or with
+    an error event is a worker failure even though the client had a 200 head.
     """
     ctx.committed = True
     ctx.status = 200
@@ -250,7 +250,8 @@ async def _stream(r: Router, conn: ClientConnection, b: BackendState, ex: Exchan
         conn.streaming = None
     now = time.monotonic()
     first = ex.first_body_at
-    outcome = stream_outcome(broken=broken, aborted=ex.aborted_stream, done=ex.ended_with_done)
+    outcome = stream_outcome(broken=broken, aborted=ex.aborted_stream, done=ex.ended_with_done,
+                             error_event=ex.error_event)
     ctx.ttft = ttft = (first - t0) if first is not None else None
     # A cut stream has no "until the last byte" latency worth a percentile.
     latency = None if broken is not None and outcome.failed else now - t0

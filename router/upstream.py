@@ -25,6 +25,11 @@ import httptools
 
 # vLLM marks a stream cut short by SIGTERM or an engine abort this way.
 _ABORT_MARKERS = (b'"finish_reason":"abort"', b'"finish_reason": "abort"')
+# vLLM's event when generation failed mid-stream (EngineDeadError after a
+# SIGTERM killed its engine core, seen with 0.32), followed by [DONE]:
+# `data: {"error": {"message", "type", "param", "code"}}`. Token text can't
+# match: quotes inside a JSON string are escaped.
+_ERROR_EVENT = b'data: {"error":'
 # The last event of every complete OpenAI stream. A stream that ends
 # without it was cut, however cleanly the HTTP body ended.
 DONE_MARKER = b"data: [DONE]"
@@ -57,6 +62,7 @@ class Exchange:
         "complete",
         "conn",
         "error",
+        "error_event",
         "first_body_at",
         "headers",
         "headers_at",
@@ -79,6 +85,7 @@ class Exchange:
         self.complete = False
         self.error: UpstreamError | None = None
         self.aborted_stream = False
+        self.error_event = False
         self._tail = b""
         self.started = time.monotonic()
         self.headers_at: float | None = None
@@ -106,6 +113,9 @@ class Exchange:
             probe = tail + data
             if _ABORT_MARKERS[0] in probe or _ABORT_MARKERS[1] in probe:
                 self.aborted_stream = True
+        if ((b'"error"' in data or (tail and b'"error"' in tail + data[:_TAIL]))
+                and _ERROR_EVENT in tail + data):
+            self.error_event = True
         # The tail spans reads: a worker may send "[DONE]" in pieces.
         self._tail = data[-_TAIL:] if len(data) >= _TAIL else (tail + data)[-_TAIL:]
         sink = self.sink

@@ -48,6 +48,8 @@ async def metrics_text(session: aiohttp.ClientSession, r: RouterUnderTest) -> st
         ("nodone", False, 502, "truncated", "stream broken before [DONE]: body ended"),
         # vLLM's own end of an aborted stream is passed through as it is.
         ("abort", True, 502, "abort", "finish_reason abort"),
+        # vLLM when its engine died mid-stream: an error event, then [DONE].
+        ("error-event", True, 502, "error", "error event in stream"),
     ],
 )
 async def test_how_a_stream_ended_is_logged_and_counted(

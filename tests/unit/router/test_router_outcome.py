@@ -16,6 +16,10 @@ COMPLETE = (FIXTURES / "completion_stream.sse").read_bytes()
 ABORTED = COMPLETE.replace(b'"finish_reason":"length"', b'"finish_reason":"abort"')
 # A worker killed halfway: the events so far, no [DONE].
 CUT = COMPLETE[: COMPLETE.index(b"data: [DONE]")]
+# vLLM 0.32 when SIGTERM killed its engine core mid-stream (json.dumps spacing).
+ERRORED = CUT + (b'data: {"error": {"message": "EngineCore encountered an issue.", '
+                 b'"type": "InternalServerError", "param": null, "code": 500}}\n\n'
+                 b"data: [DONE]\n\n")
 
 
 @pytest.mark.parametrize(
@@ -46,19 +50,35 @@ def test_stream_outcome(broken: str | None, aborted: bool, done: bool,
     assert outcome.failed is (expected.error is not None)
 
 
+@pytest.mark.parametrize(
+    ("broken", "aborted", "done", "expected"),
+    [
+        (None, False, True, StreamOutcome("error", "error event in stream", end_cleanly=True)),
+        (None, True, True, StreamOutcome("error", "error event in stream", end_cleanly=True)),
+        ("reset", False, False,
+         StreamOutcome("error", "error event in stream", end_cleanly=False)),
+    ],
+)
+def test_an_error_event_fails_the_stream(broken: str | None, aborted: bool, done: bool,
+                                         expected: StreamOutcome) -> None:
+    assert stream_outcome(broken=broken, aborted=aborted, done=done,
+                          error_event=True) == expected
+
+
 def _split(data: bytes, size: int) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
 @pytest.mark.parametrize("read_size", [1, 3, 7, 31, 32, 33, 200, 1 << 20])
 @pytest.mark.parametrize(
-    ("body", "done", "aborted"),
-    [(COMPLETE, True, False), (ABORTED, True, True), (CUT, False, False),
-     (CUT.replace(b'"finish_reason":"length"', b'"finish_reason":"abort"'), False, True)],
-    ids=["complete", "aborted", "cut", "aborted-then-cut"],
+    ("body", "done", "aborted", "errored"),
+    [(COMPLETE, True, False, False), (ABORTED, True, True, False), (CUT, False, False, False),
+     (CUT.replace(b'"finish_reason":"length"', b'"finish_reason":"abort"'), False, True, False),
+     (ERRORED, True, False, True)],
+    ids=["complete", "aborted", "cut", "aborted-then-cut", "error-event"],
 )
-async def test_the_exchange_sees_done_and_abort_across_reads(
-        body: bytes, done: bool, aborted: bool, read_size: int) -> None:
+async def test_the_exchange_sees_done_abort_and_errors_across_reads(
+        body: bytes, done: bool, aborted: bool, errored: bool, read_size: int) -> None:
     pool = UpstreamPool("127.0.0.1", 1)
     ex = Exchange(pool, UpstreamConnection(pool), True, asyncio.get_running_loop())
     got: list[bytes] = []
@@ -68,3 +88,4 @@ async def test_the_exchange_sees_done_and_abort_across_reads(
     assert b"".join(got) == body  # passed on untouched
     assert ex.ended_with_done is done
     assert ex.aborted_stream is aborted
+    assert ex.error_event is errored
