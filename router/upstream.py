@@ -33,7 +33,7 @@ _ERROR_EVENT = b'data: {"error":'
 # The last event of every complete OpenAI stream. A stream that ends
 # without it was cut, however cleanly the HTTP body ended.
 DONE_MARKER = b"data: [DONE]"
-_TAIL = 32  # longer than either marker, so one split across two reads is still seen
+_TAIL = 32  # longer than every marker, so one split across two reads is still seen
 
 
 class UpstreamError(Exception):
