@@ -25,6 +25,7 @@ from kubeinfer.router.accesslog import AccessLog
 from kubeinfer.router.budget import RetryBudget
 from kubeinfer.router.config import Settings
 from kubeinfer.router.health import HealthMonitor
+from kubeinfer.router.models import proxy_models
 from kubeinfer.router.payload import BadRequestError, Inference, parse_inference
 from kubeinfer.router.pool import BackendState, Pool
 from kubeinfer.router.proxy import Ctx, proxy_inference
@@ -133,11 +134,11 @@ class Router(Handler):
             elif path == b"/readyz":
                 self._ready(conn)
             elif path == b"/v1/models":
-                if self.models_body:
-                    conn.respond(200, self.models_body)
-                else:
+                table = self.pool.table
+                if table is None:
                     self._plain(conn, req, 503, "No routing table has been loaded yet.")
                     return None
+                return self.loop.create_task(proxy_models(self, conn, req, table))
             elif path in (b"/metrics", b"/debug/backends"):
                 if self.settings.processes > 1:
                     return self.loop.create_task(self._pod_view(conn, path))
@@ -160,7 +161,7 @@ class Router(Handler):
                        else f"No route for {req.path.decode('latin-1')}.")
         conn.respond_error(status, message, param=param)
         self.count("responses", str(status))
-        self._log(req, None, status, message)
+        self.log_request(req, status, message)
 
     def ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -260,14 +261,16 @@ class Router(Handler):
                 f'"queueMs":{ctx.queued * 1000.0:.3f},"requestId":{rid},"error":{err}'
             )
 
-    def _log(self, req: Request, inf: Inference | None, status: int, error: str | None) -> None:
+    def log_request(self, req: Request, status: int, error: str | None, *,
+                    backend: str | None = None) -> None:
+        """The access log line of a request that is not an inference."""
         if not self.access.enabled or req.path in _QUIET_PATHS:
             return
         self.access.write({
             "method": req.method.decode("latin-1"),
             "path": req.path.decode("latin-1"),
             "status": status,
-            "model": inf.model if inf else None,
+            "backend": backend,
             "latencyMs": round((time.monotonic() - req.started) * 1000.0, 3),
             "requestId": req.request_id.decode("latin-1") if req.request_id else None,
             "error": error,

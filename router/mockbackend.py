@@ -13,7 +13,11 @@ cheap that a benchmark measures the router, not the backend:
 - failure modes that tests switch at run time with ``POST /_mock/mode``:
   ``hang`` (accept, never answer), ``engine-dead`` (vLLM's 500), ``abort``
   (streams end with ``finish_reason: "abort"``, as on SIGTERM), ``status``
-  (answer a fixed status), ``close`` (drop the connection).
+  (answer a fixed status), ``close`` (drop the connection), ``cut`` (close
+  the connection halfway through a stream, like a worker killed then),
+  ``nodone`` (end a stream's body cleanly without ``data: [DONE]``),
+  ``error-event`` (halfway, vLLM's error event for a dead engine, then
+  ``[DONE]``).
 
 Run one process with several ports: ``python -m kubeinfer.router.mockbackend
 --port 9001 --port 9002 --delay 0.01 --slots 4``.
@@ -38,7 +42,8 @@ ENGINE_DEAD_BODY = (
     b'{"error":{"message":"EngineCore encountered an issue. See stack trace (above) for the '
     b'root cause.","type":"InternalServerError","param":null,"code":500}}'
 )
-MODES = ("ok", "hang", "engine-dead", "abort", "status", "close")
+MODES = ("ok", "hang", "engine-dead", "abort", "status", "close", "cut", "nodone",
+         "error-event")
 
 
 @dataclass
@@ -290,8 +295,24 @@ class MockProtocol(asyncio.Protocol):
             return
         if b'"stream":true' in body.replace(b" ", b""):
             frames = s.chat_chunks if chat else s.completion_chunks
+            if c.mode == "nodone":
+                # A clean end of the chunked body right before `data: [DONE]`.
+                frames = [*frames[:-1], b"0\r\n\r\n"]
             self._write(frames[0])
-            for frame in frames[1:]:
+            for i, frame in enumerate(frames[1:], 1):
+                if c.mode == "error-event" and i == len(frames) // 2:
+                    # What vLLM 0.32 sent when SIGTERM killed its engine core.
+                    self._write(_chunk(b"data: " + json.dumps(
+                        {"error": {"message": "EngineCore encountered an issue.",
+                                   "type": "InternalServerError", "param": None,
+                                   "code": 500}}).encode() + b"\n\n"))
+                    self._write(frames[-1])
+                    return
+                if c.mode == "cut" and i == len(frames) // 2:
+                    # Like a worker killed mid-stream: the connection just closes.
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
                 if c.chunk_delay > 0 and frame is not frames[-1]:
                     await asyncio.sleep(c.chunk_delay)
                 s.generation_tokens += 1

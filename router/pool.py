@@ -343,6 +343,20 @@ class Pool:
 
     # -- views ----------------------------------------------------------------
 
+    def metadata_backends(self) -> list[BackendState]:
+        """Available backends to ask for metadata (``/v1/models``), best first.
+
+        The revision with the largest traffic share comes first: during a
+        canary, clients should see what the stable revision serves (its
+        ``max_model_len``), not whatever the 10 % canary says. Within a
+        revision, the least busy first. No slot is taken: vLLM answers
+        metadata from its API process, whatever the engine is doing.
+        """
+        now = self.clock()
+        weights = self._weights
+        avail = [b for b in self.backends.values() if b.available(now)]
+        return sorted(avail, key=lambda b: (-weights.get(b.revision, 0), b.in_flight, b.name))
+
     def available_count(self) -> int:
         now = self.clock()
         return sum(1 for b in self.backends.values() if b.available(now))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.operator.api.spec import Strategy
 from kubeinfer.router.errors import error_body
+from kubeinfer.router.outcome import FAILED_STREAM_STATUS, stream_outcome
 from kubeinfer.router.payload import Inference, affinity_key
 from kubeinfer.router.pool import BackendState, NoBackendError, QueueFullError, QueueTimeoutError
 from kubeinfer.router.server import ClientConnection, Request
@@ -138,6 +139,9 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
     except asyncio.CancelledError:
         if conn.timed_out and not conn.closed:
             if ctx.committed:
+                # The stream is cut: log it as the timeout it is, not as its 200 head.
+                ctx.status = 504
+                ctx.error = "request timeout: stream cut"
                 conn.abort()
             else:
                 task = asyncio.current_task()
@@ -148,8 +152,8 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
                 conn.respond_error(504, f"The request did not complete within "
                                         f"{table.request_timeout_seconds:g}s.")
                 return
-        if not ctx.status:
-            ctx.status = 499  # client closed the connection (nginx's code)
+        if not ctx.status or (ctx.committed and ctx.status == 200):
+            ctx.status = 499  # client closed the connection (nginx's code), mid-stream too
         raise
     finally:
         deadline.cancel()
@@ -225,27 +229,37 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
 
 async def _stream(r: Router, conn: ClientConnection, b: BackendState, ex: Exchange, ctx: Ctx,
                   t0: float) -> None:
-    """Pass an SSE stream through chunk by chunk; no retry once it started."""
+    """Pass an SSE stream through chunk by chunk; no retry once it started.
+
+    How it ended decides whether the attempt failed (`stream_outcome`): a
+    stream without ``data: [DONE]``, with ``finish_reason: "abort"`` or with
+    an error event is a worker failure even though the client had a 200 head.
+    """
     ctx.committed = True
     ctx.status = 200
     writer = conn.start_stream(200, response_headers(ex, b))
     conn.streaming = ex
     if conn.write_paused:
         ex.pause()
+    broken: str | None = None
     try:
         await ex.stream(writer)
     except UpstreamError as err:
-        first = ex.first_body_at
-        r.attempt_done(b, err.kind, True, None, (first - t0) if first else None)
-        ctx.error = f"stream broken: {err.kind}"
-        conn.abort()
-        return
+        broken = err.kind
     finally:
         conn.streaming = None
     now = time.monotonic()
-    ttft = (ex.first_body_at or now) - t0
-    ctx.ttft = ttft
-    if ex.aborted_stream:
-        ctx.error = "finish_reason abort"
-    r.attempt_done(b, "abort" if ex.aborted_stream else "200", ex.aborted_stream, now - t0, ttft)
-    conn.end_stream()
+    first = ex.first_body_at
+    outcome = stream_outcome(broken=broken, aborted=ex.aborted_stream, done=ex.ended_with_done,
+                             error_event=ex.error_event)
+    ctx.ttft = ttft = (first - t0) if first is not None else None
+    # A cut stream has no "until the last byte" latency worth a percentile.
+    latency = None if broken is not None and outcome.failed else now - t0
+    r.attempt_done(b, outcome.label, outcome.failed, latency, ttft)
+    if outcome.failed:
+        ctx.status = FAILED_STREAM_STATUS
+        ctx.error = outcome.error
+    if outcome.end_cleanly:
+        conn.end_stream()
+    else:
+        conn.abort()

@@ -25,7 +25,15 @@ import httptools
 
 # vLLM marks a stream cut short by SIGTERM or an engine abort this way.
 _ABORT_MARKERS = (b'"finish_reason":"abort"', b'"finish_reason": "abort"')
-_TAIL = 32
+# vLLM's event when generation failed mid-stream (EngineDeadError after a
+# SIGTERM killed its engine core, seen with 0.32), followed by [DONE]:
+# `data: {"error": {"message", "type", "param", "code"}}`. Token text can't
+# match: quotes inside a JSON string are escaped.
+_ERROR_EVENT = b'data: {"error":'
+# The last event of every complete OpenAI stream. A stream that ends
+# without it was cut, however cleanly the HTTP body ended.
+DONE_MARKER = b"data: [DONE]"
+_TAIL = 32  # longer than every marker, so one split across two reads is still seen
 
 
 class UpstreamError(Exception):
@@ -54,6 +62,7 @@ class Exchange:
         "complete",
         "conn",
         "error",
+        "error_event",
         "first_body_at",
         "headers",
         "headers_at",
@@ -76,6 +85,7 @@ class Exchange:
         self.complete = False
         self.error: UpstreamError | None = None
         self.aborted_stream = False
+        self.error_event = False
         self._tail = b""
         self.started = time.monotonic()
         self.headers_at: float | None = None
@@ -103,12 +113,21 @@ class Exchange:
             probe = tail + data
             if _ABORT_MARKERS[0] in probe or _ABORT_MARKERS[1] in probe:
                 self.aborted_stream = True
-        self._tail = data[-_TAIL:]
+        if ((b'"error"' in data or (tail and b'"error"' in tail + data[:_TAIL]))
+                and _ERROR_EVENT in tail + data):
+            self.error_event = True
+        # The tail spans reads: a worker may send "[DONE]" in pieces.
+        self._tail = data[-_TAIL:] if len(data) >= _TAIL else (tail + data)[-_TAIL:]
         sink = self.sink
         if sink is not None:
             sink(data)
         else:
             self.body.append(data)
+
+    @property
+    def ended_with_done(self) -> bool:
+        """The body so far ends with the SSE ``data: [DONE]`` event."""
+        return DONE_MARKER in self._tail
 
     def on_complete(self) -> None:
         self.complete = True

@@ -1,10 +1,16 @@
 """Canary analysis and the transition table."""
 
+from typing import Any
+
 import pytest
 from kubeinfer.operator.analysis import RevisionCounters, judge_canary, parse_router_stats
 from kubeinfer.operator.api import AnalysisSpec
+from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.operator.api.status import RolloutPhase
 from kubeinfer.operator.rollout import TRANSITIONS, Trigger, canary_pods
+from kubeinfer.router.outcome import stream_outcome
+from kubeinfer.router.pool import Pool
+from kubeinfer.router.stats import render_debug
 
 SPEC = AnalysisSpec(min_requests=20, max_error_rate=0.02, max_latency_ratio=1.5, max_ttft_ratio=2)
 STABLE = RevisionCounters(1000, 1, 100.0, 40.0)
@@ -92,6 +98,57 @@ def test_small_latencies_are_not_judged_as_ratios_of_noise() -> None:
         interval_elapsed=True,
     )
     assert verdict.passed is True
+
+
+# How each canary stream ended, as the router judges it (router/outcome.py).
+COMPLETE = {"broken": None, "aborted": False, "done": True}
+KILLED = {"broken": "reset", "aborted": False, "done": False}  # SIGKILL mid-stream
+STALLED = {"broken": "stall", "aborted": False, "done": False}
+NO_DONE = {"broken": None, "aborted": False, "done": False}
+ABORTED = {"broken": None, "aborted": True, "done": True}  # vLLM on SIGTERM
+
+
+@pytest.mark.parametrize(
+    ("ending", "passed"),
+    [(COMPLETE, True), (KILLED, False), (STALLED, False), (NO_DONE, False), (ABORTED, False)],
+    ids=["complete", "killed", "stalled", "no-done", "aborted"],
+)
+def test_a_canary_whose_streams_break_is_rolled_back(
+    ending: dict[str, Any], passed: bool
+) -> None:
+    """The router's own /debug/backends document, read as the operator reads it:
+    streams that broke after their 200 head are canary errors."""
+    pool = Pool()
+    pool.apply(
+        RoutingTable.model_validate(
+            {
+                "service": "svc",
+                "model": "m",
+                "revisionWeights": {"stable": 90, "canary": 10},
+                "backends": [
+                    {"name": "s0", "url": "http://127.0.0.1:9000", "revision": "stable"},
+                    {"name": "c0", "url": "http://127.0.0.1:9001", "revision": "canary"},
+                ],
+            }
+        )
+    )
+    stable, canary = pool.backends["s0"], pool.backends["c0"]
+    now = 1000.0
+    for i in range(200):
+        pool.record_attempt(stable, "200", False, 0.5, 0.05, now)
+        if i % 10 == 0:
+            outcome = stream_outcome(**ending)
+            pool.record_attempt(canary, outcome.label, outcome.failed, 0.5, 0.05, now)
+    stats = parse_router_stats([render_debug(pool.snapshot(now, started=now - 60))])
+    verdict = judge_canary(
+        analysis=SPEC,
+        canary=stats.revision("canary"),
+        canary_baseline=(0, 0),
+        stable=stats.revision("stable"),
+        interval_elapsed=True,
+    )
+    assert verdict.passed is passed, verdict.message
+    assert verdict.canary.errors == (0 if passed else 20)
 
 
 def test_stats_of_several_routers_add_up() -> None:
