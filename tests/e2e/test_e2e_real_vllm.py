@@ -50,7 +50,13 @@ def cpu_service(name: str, model: Path, replicas: int = 2, **engine_args: Any) -
             "model": {
                 "name": MODEL,
                 "source": str(model),
-                "engineArgs": {"maxModelLen": 512, "dtype": "float32", **engine_args},
+                "engineArgs": {
+                    "maxModelLen": 512,
+                    "dtype": "float32",
+                    # No torch.compile: minutes of gcc per pod on two cores.
+                    "extraArgs": ["--enforce-eager"],
+                    **engine_args,
+                },
             },
             "replicas": replicas,
             "gpu": {"count": 0},
