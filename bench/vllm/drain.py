@@ -1,6 +1,6 @@
 """Measure drain strategies on real vLLM: requests lost and drain time.
 
-    .venv/bin/python tests/vllm/drain_bench.py [strategy ...] [--rounds N]
+    .venv/bin/python bench/vllm/drain.py [strategy ...] [--rounds N]
 
 Each strategy is a worker (agent + vLLM CPU + the tiny model) under load
 (8 streaming + 8 non-streaming clients, 48 tokens each, one request after
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from kubeinfer.localcluster.realvllm.env import ensure_tiny_model, ensure_vllm_env
 
-sys.path.insert(0, str(Path(__file__).parent))
+# The real-vLLM worker helpers of the tests (start, load, failure counting).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "vllm"))
 from vllm_worker import Load, failures, start_vllm_worker, wait_for
 
 LATE_SENDING_S = 1.0
