@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 LINKTREE = $(wildcard build/__editable__.kubeinfer-*)
 PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' 2>/dev/null)
 
-.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build
+.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build prereqs
 
 install: $(VENV)/.deps $(VENV)/.src
 
@@ -54,8 +54,13 @@ cluster-build: install
 vllm-build: install
 	$(BIN)/kubeinfer cluster vllm
 
-pytest: install cluster-build vllm-build
-	$(BIN)/pytest -q -ra
+# Both at once: on a cold machine Go compiles on the CPUs while pip
+# downloads vLLM (their lines are prefixed [build ...] and [vllm]).
+prereqs: install
+	$(MAKE) -j2 cluster-build vllm-build
+
+pytest: install prereqs
+	$(BIN)/pytest -q -ra --durations=20
 
 test: lint typecheck pytest
 

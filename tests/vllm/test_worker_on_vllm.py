@@ -129,8 +129,11 @@ def test_second_sigterm_message_says_so(workers: dict[str, VllmWorker]) -> None:
     outcomes = load.finish(120)
     assert worker.wait_exit(60) == 0, worker.logs()
     message = worker.termination_message() or ""
+    # vLLM 0.32 may keep running requests hanging after SIGTERM (see
+    # docs/worker.md); then the agent's SIGKILL follows and the message says so.
     assert re.fullmatch(
-        r"drain cut short by a second signal after [0-4]\.\d s with 8 requests in the engine",
+        r"drain cut short by a second signal after [0-4]\.\d s with 8 requests in the engine"
+        r"(; engine did not stop within \d+ s of SIGTERM and was killed)?",
         message,
     ), message
     # What vLLM 0.32 does to requests running at its SIGTERM (docs/worker.md).
