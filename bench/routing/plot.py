@@ -32,6 +32,8 @@ def main() -> None:
                     label=target, linestyle="--" if target.startswith("vllm-router") else "-")
         ax.set_xlabel("request rate (req/s)")
         ax.set_title(label)
+        if key == "ttft_p90":
+            ax.set_yscale("log")  # one policy's queue would flatten the others
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Shared-prefix chat workload, 8 simulated workers with a KV-cache model")
