@@ -82,11 +82,15 @@ class Workers:
             p.wait(10)
 
 
+LOAD_FACTOR = {"value": 1.25}  # prefix-affinity's bound, --load-factor
+
+
 def start_kubeinfer(strategy: str, backends: list[str], workdir: Path, tag: str) -> Any:
     port = rb.free_port()
     routes = workdir / f"routes-{tag}.json"
     routes.write_text(json.dumps({
         "service": "bench", "model": "tiny", "strategy": strategy, "queueSize": 4096,
+        "loadFactor": LOAD_FACTOR["value"],
         "backends": [{"name": f"w{i}", "url": u, "revision": "r1"}
                      for i, u in enumerate(backends)],
     }))
@@ -176,6 +180,8 @@ def main() -> int:
     p.add_argument("--targets", default=",".join([*KUBEINFER, "prefix-affinity x2",
                                                   *(f"vllm-router:{v}" for v in VLLM_ROUTER)]))
     p.add_argument("--json", type=Path, help="write the raw results here")
+    p.add_argument("--load-factor", type=float, default=1.25, help="prefix-affinity's bound")
+    p.add_argument("--kinds", default="shared,control")
     p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
     a = p.parse_args()
     rates = [float(x) for x in a.rates.split(",")]
@@ -185,14 +191,16 @@ def main() -> int:
     if not (rb.VLLM_ROUTER_VENV / "bin" / "vllm-router").exists():
         rb.log("vllm-router not installed (bench/router/run.py --install): skipped")
         targets = [t for t in targets if not t.startswith("vllm-router:")]
+    LOAD_FACTOR["value"] = a.load_factor
+    kinds = a.kinds.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="kubeinfer-routing-") as tmp:
         workdir = Path(tmp)
-        for rate in rates:
+        for rate in rates if "shared" in kinds else []:
             for t in targets:
                 rows.append(measure(t, "shared", rate, a.seconds, a.warmup, workdir))
         for t in ("round-robin", "least-loaded", "prefix-affinity"):
-            if t in targets:
+            if t in targets and "control" in kinds:
                 rows.append(measure(t, "control", a.control_rate, a.seconds, a.warmup, workdir))
     print(table(rows))
     if a.json:
