@@ -3,8 +3,9 @@
 - Every backend is probed at its health URL (the worker agent's ``/ready``
   in a cluster, vLLM's ``/health`` by default): out after
   ``unhealthyThreshold`` failures, back after ``healthyThreshold`` successes.
-- Its ``/metrics`` is scraped for ``vllm:num_requests_waiting`` (the tie
-  breaker of least-loaded) and ``vllm:generation_tokens_total`` (progress).
+- Its ``/metrics`` is scraped for ``vllm:num_requests_waiting`` and
+  ``vllm:kv_cache_usage_perc`` (load the balancing policies weigh, see
+  `policies.load_of`) and ``vllm:generation_tokens_total`` (progress).
 - A backend with requests in flight that has sent no byte and generated no
   token for ``stallTimeoutSeconds`` is stalled: vLLM's ``/health`` can stay
   200 while the engine hangs. It is ejected and its attempts are failed, so
@@ -20,9 +21,10 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import aiohttp
+from kubeinfer.operator.api import vllm_metrics as names
 from kubeinfer.router.pool import BackendState
 from kubeinfer.router.upstream import UpstreamError
 
@@ -34,26 +36,44 @@ log = logging.getLogger("kubeinfer.router.health")
 TICK_SECONDS = 0.1
 
 
-def parse_vllm_metrics(text: str) -> tuple[int | None, float | None]:
-    """(num_requests_waiting, generation_tokens_total) summed over engines.
+class WorkerLoad(NamedTuple):
+    """What the router reads from a worker's ``/metrics``."""
 
-    Only the two families are looked at, by line prefix, so a 40 kB scrape
+    waiting: int | None  # num_requests_waiting, summed over engines
+    generation_tokens: float | None  # generation_tokens_total, summed over engines
+    kv_usage: float | None  # kv_cache_usage_perc, the fullest engine's
+
+
+_WAITING = (names.NUM_REQUESTS_WAITING + "{", names.NUM_REQUESTS_WAITING + " ")
+_TOKENS = (names.GENERATION_TOKENS + "_total{", names.GENERATION_TOKENS + "_total ")
+_KV = (names.KV_CACHE_USAGE_PERC + "{", names.KV_CACHE_USAGE_PERC + " ")
+
+
+def parse_vllm_metrics(text: str) -> WorkerLoad:
+    """The load figures of one scrape.
+
+    Only three families are looked at, by line prefix, so a 40 kB scrape
     costs next to nothing.
     """
     waiting: float | None = None
     tokens: float | None = None
+    kv: float | None = None
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
-        if line.startswith(("vllm:num_requests_waiting{", "vllm:num_requests_waiting ")):
+        if line.startswith(_WAITING):
             value = _value(line)
             if value is not None:
                 waiting = (waiting or 0.0) + value
-        elif line.startswith(("vllm:generation_tokens_total{", "vllm:generation_tokens_total ")):
+        elif line.startswith(_TOKENS):
             value = _value(line)
             if value is not None:
                 tokens = (tokens or 0.0) + value
-    return (int(waiting) if waiting is not None else None), tokens
+        elif line.startswith(_KV):
+            value = _value(line)
+            if value is not None:
+                kv = value if kv is None else max(kv, value)
+    return WorkerLoad(int(waiting) if waiting is not None else None, tokens, kv)
 
 
 def _value(line: str) -> float | None:
@@ -149,8 +169,9 @@ class HealthMonitor:
                 text = await resp.text()
         except (aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError):
             return
-        waiting, tokens = parse_vllm_metrics(text)
+        waiting, tokens, kv_usage = parse_vllm_metrics(text)
         b.queue_depth = waiting
+        b.kv_usage = kv_usage
         if tokens is not None:
             if b.generation_tokens is not None and tokens > b.generation_tokens:
                 # The engine generated tokens since the last scrape: it is not

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from kubeinfer.operator.api.spec import Strategy
@@ -32,6 +32,8 @@ class Candidate(Protocol):
     def in_flight(self) -> int: ...
     @property
     def queue_depth(self) -> int | None: ...
+    @property
+    def kv_usage(self) -> float | None: ...
 
 
 C = TypeVar("C", bound=Candidate)
@@ -41,6 +43,20 @@ class Policy(Protocol):
     def choose(self, candidates: Sequence[C], key: int | None) -> C:
         """Pick one of ``candidates`` (never empty). ``key`` is an affinity hash or None."""
         ...
+
+
+# A worker whose KV cache is this full would have to evict (or preempt) to
+# take another sequence: prefix affinity passes it over like an overloaded one.
+KV_FULL = 0.95
+
+
+def load_of(c: Candidate) -> tuple[int, int, float]:
+    """How busy a backend is, compared in order: requests in flight from this
+    router; the queue the worker itself reports (``vllm:num_requests_waiting``,
+    which also counts other routers' requests); its KV-cache usage
+    (``vllm:kv_cache_usage_perc``: the emptier cache takes new prompts without
+    evicting what others may reuse)."""
+    return c.in_flight, c.queue_depth or 0, c.kv_usage or 0.0
 
 
 def stable_hash(data: bytes) -> int:
@@ -65,9 +81,8 @@ class RoundRobin:
 
 
 class LeastLoaded:
-    """Fewest requests in flight from this router; ties go to the shortest queue
-    the worker itself reports (``vllm:num_requests_waiting``, which also counts
-    other routers' requests), then rotate so equal backends share evenly."""
+    """The lowest `load_of` (in flight, then the worker's queue, then its KV
+    usage); equal backends take turns so that they share evenly."""
 
     def __init__(self) -> None:
         self._start = 0
@@ -77,13 +92,12 @@ class LeastLoaded:
         start = self._start % n
         self._start = start + 1
         best = candidates[start]
-        best_load = best.in_flight
-        best_queue = best.queue_depth or 0
+        best_load = load_of(best)
         for i in range(1, n):
             c = candidates[(start + i) % n]
-            load = c.in_flight
-            if load < best_load or (load == best_load and (c.queue_depth or 0) < best_queue):
-                best, best_load, best_queue = c, load, c.queue_depth or 0
+            load = load_of(c)
+            if load < best_load:
+                best, best_load = c, load
         return best
 
 
@@ -123,57 +137,81 @@ class PrefixAffinity:
     The same key (prompt prefix, ``user``, ``x-session-id``) goes to the same
     backend, so its KV cache is reused; but no backend takes more than
     ``load_factor`` times the average load: a hot key spills to the next
-    backend on the ring instead of creating a hot spot. Requests without a
-    key are balanced by least load.
+    backend on the ring instead of creating a hot spot. A backend's load is
+    its requests in flight plus the queue the worker reports (so the bound
+    holds across router replicas); a backend whose KV cache is full is passed
+    over too. Requests without a key are balanced by least load.
+
+    The ring is a pure function of the routing table's backend names
+    (`set_members`, called on every table), never of what this process has
+    seen: every router replica, and a restarted one, sends a key to the same
+    worker, so no replica scatters a prefix over the caches.
     """
 
     VNODES = 64
 
     def __init__(self, load_factor: float = 1.25) -> None:
         self.load_factor = load_factor
+        self._table_members: tuple[str, ...] = ()
+        self._ring_of: tuple[str, ...] = ()
         self._points: list[int] = []
         self._owners: list[str] = []
-        self._members: set[str] = set()
         self._fallback = LeastLoaded()
 
-    def _ensure(self, candidates: Sequence[Candidate]) -> None:
-        missing = [c.name for c in candidates if c.name not in self._members]
-        if not missing:
+    def set_members(self, names: Sequence[str]) -> None:
+        """The routing table's backends for this policy (healthy or not)."""
+        self._table_members = tuple(sorted(set(names)))
+
+    def _ring(self, candidates: Sequence[Candidate]) -> None:
+        # Without a table (tests, a policy used alone) the candidates are the members.
+        members = self._table_members or tuple(sorted({c.name for c in candidates}))
+        if members == self._ring_of:
             return
-        if len(self._members) > 4 * len(candidates) + 64:
-            self._members = set()
-            missing = [c.name for c in candidates]
-        self._members.update(missing)
         ring = sorted(
-            (stable_hash(f"{name}#{i}".encode()), name)
-            for name in self._members
+            (stable_hash(f"{name}#{i}".encode()), name) for name in members
             for i in range(self.VNODES)
         )
+        self._ring_of = members
         self._points = [p for p, _ in ring]
         self._owners = [o for _, o in ring]
+
+    def owner(self, key: int, candidates: Sequence[C]) -> C | None:
+        """The first candidate on the ring at ``key``, ignoring load."""
+        self._ring(candidates)
+        by_name = {c.name: c for c in candidates}
+        for i in self._walk(key):
+            c = by_name.get(self._owners[i])
+            if c is not None:
+                return c
+        return None
+
+    def _walk(self, key: int) -> Iterator[int]:
+        size = len(self._points)
+        start = bisect.bisect_left(self._points, key)
+        for i in range(size):
+            yield (start + i) % size
 
     def choose(self, candidates: Sequence[C], key: int | None) -> C:
         if key is None or len(candidates) == 1:
             return self._fallback.choose(candidates, key)
-        self._ensure(candidates)
+        self._ring(candidates)
         by_name = {c.name: c for c in candidates}
-        total = sum(c.in_flight for c in candidates)
-        bound = math.ceil(self.load_factor * (total + 1) / len(candidates))
-        points, owners = self._points, self._owners
-        start = bisect.bisect_left(points, key)
-        size = len(points)
+        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
+        owners = self._owners
         seen: set[str] = set()
-        for i in range(size):
-            owner = owners[(start + i) % size]
+        members = len(self._ring_of)
+        for i in self._walk(key):
+            owner = owners[i]
             if owner in seen:
                 continue
             seen.add(owner)
             c = by_name.get(owner)
-            if c is not None and c.in_flight < bound:
+            if c is not None and loads[owner] < bound and (c.kv_usage or 0.0) < KV_FULL:
                 return c
-            if len(seen) == len(self._members):
+            if len(seen) == members:
                 break
-        # Every candidate at the bound (can only happen with rounding): least loaded.
+        # Every candidate at the bound or full: least loaded.
         return self._fallback.choose(candidates, key)
 
 

@@ -88,6 +88,7 @@ class BackendState:
         self.consecutive_failures = 0
         self.in_flight = 0
         self.queue_depth: int | None = None
+        self.kv_usage: float | None = None  # vllm:kv_cache_usage_perc, last scraped
         self.generation_tokens: float | None = None
         self.removed = False
         self.stats = AttemptStats()
@@ -225,6 +226,9 @@ class Pool:
                     policy.load_factor = table.load_factor
                 group = groups[key] = _Group(policy)
             group.backends.append(b)
+        for group in groups.values():
+            if isinstance(group.policy, PrefixAffinity):
+                group.policy.set_members([b.name for b in group.backends])
         for b in new.values():
             if b.revision not in self.revision_stats:
                 self.revision_stats[b.revision] = AttemptStats()

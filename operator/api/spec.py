@@ -434,6 +434,37 @@ class SimulatorSpec(ApiModel):
     max_num_seqs: Annotated[
         int, Field(ge=1, le=4096, description="Batch slots; more requests wait.")
     ] = 64
+    tpot_us_per_running_seq: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1_000_000,
+            description="Added time per output token for each running sequence (batch cost).",
+        ),
+    ] = 0.0
+    prefill_serial: Annotated[
+        bool,
+        Field(
+            description=(
+                "Prefills run one at a time, like a compute-bound GPU: uncached prompt "
+                "tokens of concurrent requests queue behind each other."
+            )
+        ),
+    ] = False
+    kv_cache_blocks: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=10_000_000,
+            description=(
+                "KV-cache size in blocks with prefix caching (hits skip prefill); "
+                "0 turns the cache model off."
+            ),
+        ),
+    ] = 0
+    kv_block_size: Annotated[
+        int, Field(ge=1, le=1024, description="Tokens per KV-cache block (vLLM's block_size).")
+    ] = 16
     load_seconds: Annotated[
         float, Field(ge=0, le=3_600, description="Simulated model load time.")
     ] = 0.0

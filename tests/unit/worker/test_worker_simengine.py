@@ -113,6 +113,37 @@ async def test_service_time(make_sim: Make) -> None:
     assert sim.engine.metrics.ttft.total == pytest.approx(0.06, abs=0.03)
 
 
+async def test_prefix_cache_skips_prefill_and_is_exported(make_sim: Make) -> None:
+    # 4,000 characters = 1,000 tokens at 1 ms each: 1 s of prefill uncached.
+    sim = await make_sim(
+        max_model_len=2048, ttftMs=0, tpotMs=1, prefillUsPerToken=1000, kvCacheBlocks=1000
+    )
+    prompt = "".join(f"{i:04d}" for i in range(1000))
+    loop = asyncio.get_running_loop()
+    times = []
+    for _ in range(2):
+        started = loop.time()
+        assert (await sim.complete(prompt, max_tokens=2))[0] == 200
+        times.append(loop.time() - started)
+    assert times[0] >= 0.95
+    assert times[1] < 0.5  # 999 of 1,000 tokens cached: 62 blocks of 16 hit
+    text = await (await sim.client.get("/metrics")).text()
+    assert 'vllm:prefix_cache_queries_total{engine="0",model_name="tiny"} 2000.0' in text
+    assert 'vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 992.0' in text
+    assert 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.0' in text
+
+
+async def test_serial_prefill_queues_uncached_tokens(make_sim: Make) -> None:
+    sim = await make_sim(ttftMs=0, tpotMs=1, prefillUsPerToken=1000, prefillSerial=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Two different 200-token prompts at once: the second prefill waits for the first.
+    results = await asyncio.gather(sim.complete("a" * 800, max_tokens=1),
+                                   sim.complete("b" * 800, max_tokens=1))
+    assert all(status == 200 for status, _ in results)
+    assert loop.time() - started >= 0.39
+
+
 async def test_error_rate(make_sim: Make) -> None:
     sim = await make_sim(errorRate=1.0)
     status, body = await sim.complete()

@@ -1,9 +1,12 @@
 """The simulated engine's service-time model and fault state.
 
 A request waits for one of `max_num_seqs` batch slots (FIFO), then takes
-`ttft + prompt_tokens x prefill_per_token` to its first token and `tpot`
-per further token, like a continuously batched GPU where each sequence
-advances one token per step. Waiting is a timer per request (a single one
+`ttft + uncached prompt tokens x prefill_per_token` to its first token and
+`tpot (+ per running sequence)` per further token, like a continuously
+batched GPU where each sequence advances one token per step. With
+`kvCacheBlocks` the prompt's cached prefix (kvcache.py) costs no prefill;
+with `prefillSerial` prefills queue behind each other as on a compute-bound
+GPU, which is what makes cache hits matter under load. Waiting is a timer per request (a single one
 for a non-streaming answer), so the model costs no CPU per token beyond
 writing streamed chunks.
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 from kubeinfer.operator.api import ModelSpec, SimulatorSpec
 from kubeinfer.worker.faults import EngineFaults
+from kubeinfer.worker.simulated.kvcache import Allocation, PrefixCache
 from kubeinfer.worker.simulated.metrics import EngineMetrics
 
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -37,11 +41,12 @@ class RequestAbortedError(Exception):
 class Request:
     """One admitted request: what it waits on, so that it can be aborted."""
 
-    __slots__ = ("kv_tokens", "waiter")
+    __slots__ = ("alloc", "kv_tokens", "waiter")
 
     def __init__(self) -> None:
         self.waiter: asyncio.Future[None] | None = None
         self.kv_tokens = 0
+        self.alloc: Allocation | None = None
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,6 @@ class ServiceTime:
     ttft_s: float
     prefill_s_per_token: float
     tpot_s: float
-
-    def prefill(self, prompt_tokens: int) -> float:
-        return self.ttft_s + prompt_tokens * self.prefill_s_per_token
 
 
 def _wake(future: "asyncio.Future[None]") -> None:
@@ -94,6 +96,14 @@ class SimulatedEngine:
         self._idle_waiter: asyncio.Future[None] | None = None
         self.kv_tokens = 0
         self.kv_capacity = self.max_num_seqs * self.max_model_len
+        self.cache: PrefixCache | None = (
+            PrefixCache(simulator.kv_cache_blocks, simulator.kv_block_size)
+            if simulator.kv_cache_blocks
+            else None
+        )
+        self.tpot_per_seq_s = simulator.tpot_us_per_running_seq / 1e6
+        self.prefill_serial = simulator.prefill_serial
+        self._prefill_free_at = 0.0
         self.dead = False
         self.stopping = False
         # Busy time: the simulated GPU works while a request holds a slot and
@@ -108,6 +118,8 @@ class SimulatedEngine:
         return len(self._queue)
 
     def kv_usage(self) -> float:
+        if self.cache is not None:
+            return self.cache.usage()
         return min(1.0, self.kv_tokens / self.kv_capacity) if self.kv_capacity else 0.0
 
     def busy_seconds(self) -> float:
@@ -223,9 +235,39 @@ class SimulatedEngine:
         with contextlib.suppress(ValueError):
             self._queue.remove(entry)
 
+    def admit_prompt(self, request: Request, hashes: list[bytes], prompt_tokens: int,
+                     total_tokens: int) -> int:
+        """Take the request's KV blocks (after `acquire_slot`); returns its
+        cached prompt tokens (0 without the cache model)."""
+        if self.cache is None:
+            self.metrics.prefix_queries += prompt_tokens
+            return 0
+        alloc = self.cache.allocate(hashes, prompt_tokens, total_tokens)
+        request.alloc = alloc
+        self.metrics.prefix_queries += prompt_tokens
+        self.metrics.prefix_hits += alloc.hit_tokens
+        return alloc.hit_tokens
+
+    def prefill_delay(self, uncached_tokens: int) -> float:
+        """Seconds from now to the first token of a request just admitted."""
+        compute = uncached_tokens * self.time.prefill_s_per_token
+        if not self.prefill_serial:
+            return self.time.ttft_s + compute
+        now = self._loop.time()
+        start = max(now, self._prefill_free_at)
+        self._prefill_free_at = start + compute
+        return self.time.ttft_s + (start - now) + compute
+
+    def tpot(self) -> float:
+        """Per-token time now: a bigger batch makes every step slower."""
+        return self.time.tpot_s + self.tpot_per_seq_s * max(self.running - 1, 0)
+
     def release_slot(self, request: Request) -> None:
         self.kv_tokens -= request.kv_tokens
         request.kv_tokens = 0
+        if request.alloc is not None and self.cache is not None:
+            self.cache.release(request.alloc)
+            request.alloc = None
         self._release()
 
     def _release(self) -> None:

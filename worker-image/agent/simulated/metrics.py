@@ -10,6 +10,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 
+from kubeinfer.operator.api import vllm_metrics as names
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -87,6 +88,8 @@ class EngineMetrics:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.preemptions = 0
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of those, found cached
         self.finished = dict.fromkeys(FINISHED_REASONS, 0)
         token_buckets = one_two_five(max_model_len)
         self.ttft = Histogram(TTFT_BUCKETS)
@@ -203,7 +206,7 @@ class _Collector:
         )
         waiting = self._waiting()
         yield gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting
+            names.NUM_REQUESTS_WAITING, "Number of requests waiting to be processed.", waiting
         )
         by_reason = GaugeMetricFamily(
             "vllm:num_requests_waiting_by_reason",
@@ -221,17 +224,19 @@ class _Collector:
         sleep.add_metric([*values, "discard_all"], 0)
         yield sleep
         yield gauge(
-            "vllm:kv_cache_usage_perc",
+            names.KV_CACHE_USAGE_PERC,
             "KV-cache usage. 1 means 100 percent usage.",
             self._kv_usage(),
         )
         yield counter(
-            "vllm:prefix_cache_queries",
+            names.PREFIX_CACHE_QUERIES,
             "Prefix cache queries, in terms of number of queried tokens.",
-            m.prompt_tokens,
+            m.prefix_queries,
         )
         yield counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", 0
+            names.PREFIX_CACHE_HITS,
+            "Prefix cache hits, in terms of number of cached tokens.",
+            m.prefix_hits,
         )
         yield counter(
             "vllm:num_preemptions",

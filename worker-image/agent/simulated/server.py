@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from kubeinfer.worker.simulated import responses as r
 from kubeinfer.worker.simulated.engine import RequestAbortedError, SimulatedEngine
+from kubeinfer.worker.simulated.kvcache import block_hashes, prompt_tokens_of
 from kubeinfer.worker.simulated.metrics import metrics_registry, render
 from kubeinfer.worker.simulated.text import TokenSource
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -239,6 +240,9 @@ class EngineServer:
         metrics.params_n.observe(1)
         start = self.tokens.start(key)
         job = Job(arrival, prompt_tokens, output_tokens, finish, start, chat, include_usage)
+        cache = engine.cache
+        if cache is not None:
+            job.blocks = block_hashes(prompt_tokens_of(data, chat), cache.block_size)
         tracked = engine.start()
         try:
             if stream:
@@ -267,13 +271,15 @@ class EngineServer:
 
     async def _complete(self, job: "Job", tracked: Any) -> web.StreamResponse:
         engine = self.engine
-        timing = engine.time
         try:
             await engine.acquire_slot(tracked, job.prompt_tokens + job.output_tokens)
             admitted = self._loop.time()
             try:
-                prefill = timing.prefill(job.prompt_tokens)
-                await engine.sleep(tracked, prefill + (job.output_tokens - 1) * timing.tpot_s)
+                total = job.prompt_tokens + job.output_tokens
+                hit = engine.admit_prompt(tracked, job.blocks, job.prompt_tokens, total)
+                prefill = engine.prefill_delay(job.prompt_tokens - hit)
+                tpot = engine.tpot()
+                await engine.sleep(tracked, prefill + (job.output_tokens - 1) * tpot)
             finally:
                 engine.release_slot(tracked)
         except RequestAbortedError:
@@ -282,7 +288,7 @@ class EngineServer:
         done = self._loop.time()
         first = min(admitted + prefill, done)
         if job.output_tokens > 1:
-            engine.metrics.inter_token.observe(timing.tpot_s, job.output_tokens - 1)
+            engine.metrics.inter_token.observe(tpot, job.output_tokens - 1)
         self._record(job, admitted, first, done)
         engine.request_done()
         text = self.tokens.text(job.start, job.output_tokens)
@@ -296,7 +302,6 @@ class EngineServer:
         self, request: web.BaseRequest, job: "Job", tracked: Any
     ) -> web.StreamResponse:
         engine = self.engine
-        timing = engine.time
         loop = self._loop
         pieces = self.templates.stream(job.chat, os.urandom(8).hex(), int(time.time()))
         response = web.StreamResponse(headers=SSE_HEADERS)
@@ -308,8 +313,10 @@ class EngineServer:
             await engine.acquire_slot(tracked, job.prompt_tokens + count)
             admitted = loop.time()
             try:
-                tpot = timing.tpot_s
-                first_due = admitted + timing.prefill(job.prompt_tokens)
+                hit = engine.admit_prompt(tracked, job.blocks, job.prompt_tokens,
+                                          job.prompt_tokens + count)
+                tpot = engine.tpot()
+                first_due = admitted + engine.prefill_delay(job.prompt_tokens - hit)
                 first = last = first_due
                 while sent < count:
                     due = first_due + sent * tpot
@@ -367,6 +374,7 @@ class Job:
 
     __slots__ = (
         "arrival",
+        "blocks",
         "chat",
         "finish",
         "include_usage",
@@ -392,3 +400,4 @@ class Job:
         self.start = start
         self.chat = chat
         self.include_usage = include_usage
+        self.blocks: list[bytes] = []  # the prompt's KV block hashes (cache model on)

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Routing-quality benchmark: kubeinfer's strategies vs vllm-router's policies
+over 8 simulated vLLM workers with the KV-cache model.
+
+One command, loopback only, bounded in requests and time (about 8 minutes;
+``--quick`` about 2):
+
+    .venv/bin/python bench/routing/run.py   # vllm-router: bench/router/run.py --install
+
+Every run starts 8 fresh `kubeinfer.worker.simulated` processes (empty
+caches), one router (or two kubeinfer routers for ``prefix-affinity x2``),
+and drives a streaming chat workload open loop at a fixed rate. Figures
+count requests sent after a warm-up. Cache hit rate and load spread come
+from the workers' own /metrics (vllm:prefix_cache_hits/queries,
+vllm:request_success).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import workload as wl  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("router_bench", HERE.parent / "router" / "run.py")
+assert _spec is not None
+assert _spec.loader is not None
+rb = importlib.util.module_from_spec(_spec)
+sys.modules["router_bench"] = rb  # its dataclasses look their module up
+_spec.loader.exec_module(rb)
+
+WORKERS = 8
+MODEL = {"name": "tiny", "source": "sim/tiny", "engineArgs": {"maxModelLen": 8192}}
+# One simulated GPU: 8 batch slots; prefill 300 us per uncached token, one
+# prefill at a time (compute-bound); decode 30 ms per token plus 2 ms per
+# running sequence; 1,500 blocks of 16 tokens (24k tokens) of KV cache.
+SIMULATOR = {"ttftMs": 10, "prefillUsPerToken": 300, "prefillSerial": True, "tpotMs": 30,
+             "tpotUsPerRunningSeq": 2000, "maxNumSeqs": 8, "kvCacheBlocks": 1500,
+             "kvBlockSize": 16}
+KUBEINFER = ("round-robin", "least-loaded", "prefix-affinity")
+VLLM_ROUTER = ("cache_aware", "consistent_hash", "power_of_two")
+
+
+class Workers:
+    def __init__(self, n: int, workdir: Path) -> None:
+        self.ports = [rb.free_port() for _ in range(n)]
+        self.procs = []
+        for p in self.ports:
+            argv = [sys.executable, "-P", "-m", "kubeinfer.worker.simulated", "--model-spec",
+                    json.dumps(MODEL), "--simulator-spec", json.dumps(SIMULATOR),
+                    "--port", str(p)]
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                               stderr=(workdir / f"worker-{p}.log").open("ab")))
+        for u in self.urls:
+            rb.wait_until(lambda u=u: rb.http_ok(u + "/health"), 30, f"worker {u}")
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{rb.HOST}:{p}" for p in self.ports]
+
+    def counters(self) -> list[dict[str, float]]:
+        out = []
+        for u in self.urls:
+            with urllib.request.urlopen(u + "/metrics", timeout=5) as r:
+                out.append(wl.parse_counters(r.read().decode()))
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+
+
+LOAD_FACTOR = {"value": 1.25}  # prefix-affinity's bound, --load-factor
+
+
+def start_kubeinfer(strategy: str, backends: list[str], workdir: Path, tag: str) -> Any:
+    port = rb.free_port()
+    routes = workdir / f"routes-{tag}.json"
+    routes.write_text(json.dumps({
+        "service": "bench", "model": "tiny", "strategy": strategy, "queueSize": 4096,
+        "loadFactor": LOAD_FACTOR["value"],
+        "backends": [{"name": f"w{i}", "url": u, "revision": "r1"}
+                     for i, u in enumerate(backends)],
+    }))
+    argv = [str(rb.VENV_BIN / "kubeinfer-router"), "--config", str(routes), "--host", rb.HOST,
+            "--port", str(port), "--scrape-interval", "0.5"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                            stderr=(workdir / f"kubeinfer-{tag}.log").open("ab"))
+    url = f"http://{rb.HOST}:{port}"
+    rb.wait_until(lambda: rb.http_ok(url + "/readyz"), 30, "kubeinfer-router")
+    return proc, url
+
+
+def start_vllm_router(policy: str, backends: list[str], workdir: Path) -> Any:
+    port, prom = rb.free_port(), rb.free_port()
+    argv = [str(rb.VLLM_ROUTER_VENV / "bin" / "vllm-router"), "--host", rb.HOST, "--port",
+            str(port), "--worker-urls", *backends, "--policy", policy, "--prometheus-port",
+            str(prom), "--log-level", "warning"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                            stderr=(workdir / f"vllm-router-{policy}.log").open("ab"))
+    url = f"http://{rb.HOST}:{port}"
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    rb.wait_until(lambda: rb.http_ok(url + "/v1/chat/completions", body), 60, "vllm-router")
+    return proc, url
+
+
+def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
+            workdir: Path) -> dict[str, Any]:
+    workers = Workers(WORKERS, workdir)
+    procs = []
+    try:
+        if target.startswith("vllm-router:"):
+            proc, url = start_vllm_router(target.split(":", 1)[1], workers.urls, workdir)
+            procs, urls = [proc], [url]
+        else:
+            strategy, _, copies = target.partition(" x")
+            started = [start_kubeinfer(strategy, workers.urls, workdir, f"{strategy}-{i}")
+                       for i in range(int(copies or 1))]
+            procs, urls = [p for p, _ in started], [u for _, u in started]
+        before = workers.counters()
+        results, wall = asyncio.run(wl.drive(urls, "tiny", wl.Workload(kind), rate, seconds))
+        after = workers.counters()
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        workers.stop()
+    out = wl.summarize(results, wall, warmup)
+    q = sum(a["vllm:prefix_cache_queries_total"] - b["vllm:prefix_cache_queries_total"]
+            for a, b in zip(after, before, strict=True))
+    h = sum(a["vllm:prefix_cache_hits_total"] - b["vllm:prefix_cache_hits_total"]
+            for a, b in zip(after, before, strict=True))
+    per = [a["vllm:request_success_total"] - b["vllm:request_success_total"]
+           for a, b in zip(after, before, strict=True)]
+    out["hit_rate"] = h / q if q else None
+    out["spread"] = max(per) / (sum(per) / len(per)) if sum(per) else None  # max / mean
+    out.update(target=target, kind=kind, rate=rate)
+    rb.log(f"{kind} {target} @ {rate:g}/s: " + ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()
+        if k not in ("target", "kind", "rate")))
+    return out
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| workload | rate/s | target | out tok/s | TTFT p50 s | TTFT p90 s | ITL ms "
+             "| hit rate | load max/mean | errors |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['rate']:g} | {r['target']} | {_f(r.get('output_tok_s'), '{:.0f}')}"
+            f" | {_f(r.get('ttft_p50'), '{:.2f}')} | {_f(r.get('ttft_p90'), '{:.2f}')}"
+            f" | {_f(r.get('itl_mean') and r['itl_mean'] * 1000, '{:.0f}')}"
+            f" | {_f(r.get('hit_rate'), '{:.0%}')} | {_f(r.get('spread'), '{:.2f}')}"
+            f" | {r.get('errors', '-')}/{r.get('requests', '-')} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="6,12,20", help="requests/s, light to beyond saturation")
+    p.add_argument("--control-rate", type=float, default=12.0)
+    p.add_argument("--seconds", type=float, default=20.0, help="arrivals per run")
+    p.add_argument("--warmup", type=float, default=6.0, help="seconds not counted")
+    p.add_argument("--quick", action="store_true", help="one rate, 8 s runs, fewer targets")
+    p.add_argument("--targets", default=",".join([*KUBEINFER, "prefix-affinity x2",
+                                                  *(f"vllm-router:{v}" for v in VLLM_ROUTER)]))
+    p.add_argument("--json", type=Path, help="write the raw results here")
+    p.add_argument("--load-factor", type=float, default=1.25, help="prefix-affinity's bound")
+    p.add_argument("--kinds", default="shared,control")
+    p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
+    a = p.parse_args()
+    rates = [float(x) for x in a.rates.split(",")]
+    targets = a.targets.split(",")
+    if a.quick:
+        rates, a.seconds, a.warmup = [rates[-1]], 8.0, 3.0
+    if not (rb.VLLM_ROUTER_VENV / "bin" / "vllm-router").exists():
+        rb.log("vllm-router not installed (bench/router/run.py --install): skipped")
+        targets = [t for t in targets if not t.startswith("vllm-router:")]
+    LOAD_FACTOR["value"] = a.load_factor
+    kinds = a.kinds.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kubeinfer-routing-") as tmp:
+        workdir = Path(tmp)
+        for rate in rates if "shared" in kinds else []:
+            for t in targets:
+                rows.append(measure(t, "shared", rate, a.seconds, a.warmup, workdir))
+        for t in ("round-robin", "least-loaded", "prefix-affinity"):
+            if t in targets and "control" in kinds:
+                rows.append(measure(t, "control", a.control_rate, a.seconds, a.warmup, workdir))
+    print(table(rows))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(rows, indent=1))
+        if a.plot:
+            plot = [str(rb.CACHE / "plot-venv" / "bin" / "python"), str(HERE / "plot.py"),
+                    str(a.json), str(a.plot)]
+            if Path(plot[0]).exists():
+                subprocess.run(plot, check=False)
+            else:
+                rb.log(f"no matplotlib venv at {plot[0]}: no plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Routing-benchmark workloads and an open-loop streaming chat client.
+
+- ``shared``: many users in multi-turn chats over a few long system prompts
+  (as in llm-d's and KubeAI's prefix-caching benchmarks). Each request is
+  the user's system prompt + conversation so far + a new question; the
+  answer is appended when it arrives, so the next turn extends the prompt.
+- ``control``: the same sizes with nothing shared (every prompt unique).
+
+Arrivals are Poisson at a fixed rate (open loop: a slow server does not
+slow the client down), so saturation shows as queueing, not as fewer requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+         "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+         "sierra", "tango", "uniform", "victor", "whiskey", "xray")
+
+
+def text(rng: random.Random, chars: int) -> str:
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        w = rng.choice(WORDS)
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:chars]
+
+
+@dataclass
+class Workload:
+    kind: str  # "shared" or "control"
+    groups: int = 16  # system prompts
+    users_per_group: int = 8
+    system_chars: int = 6000  # ~1,500 tokens at four characters per token
+    question_chars: int = 400  # ~100 tokens
+    turns: int = 6  # then the user starts a new chat
+    max_tokens: int = 24
+    seed: int = 1
+    rng: random.Random = field(init=False)
+    systems: list[str] = field(init=False)
+    chats: list[list[dict[str, str]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.systems = [f"[system prompt {g}] " + text(self.rng, self.system_chars)
+                        for g in range(self.groups)]
+        self.chats = [[] for _ in range(self.groups * self.users_per_group)]
+
+    def next_request(self) -> tuple[int, list[dict[str, str]]]:
+        user = self.rng.randrange(len(self.chats))
+        question = text(self.rng, self.question_chars)
+        if self.kind == "control":
+            # Unique from the first character: nothing to share, same sizes.
+            prompt = f"[{self.rng.getrandbits(64):x}] " + text(self.rng, self.system_chars)
+            return user, [{"role": "system", "content": prompt},
+                          {"role": "user", "content": question}]
+        chat = self.chats[user]
+        if len(chat) >= 2 * self.turns:
+            chat.clear()
+        system = self.systems[user // self.users_per_group]
+        # Each user's own history: a per-user tag keeps chats of one group apart.
+        messages = [{"role": "system", "content": system}, *chat,
+                    {"role": "user", "content": f"(user {user}) {question}"}]
+        return user, messages
+
+    def answered(self, user: int, messages: list[dict[str, str]], answer: str) -> None:
+        if self.kind == "shared":
+            self.chats[user] = [*messages[1:], {"role": "assistant", "content": answer}]
+
+
+@dataclass
+class Result:
+    ok: bool
+    sent_at: float
+    ttft: float | None = None
+    itl: float | None = None  # mean gap between tokens after the first
+    tokens: int = 0
+
+
+async def one(session: aiohttp.ClientSession, url: str, model: str, messages: list[dict[str, str]],
+              max_tokens: int, timeout: float) -> tuple[Result, str]:  # noqa: ASYNC109
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
+    start = time.monotonic()
+    res = Result(False, start)
+    parts: list[str] = []
+    first = last = None
+    try:
+        async with session.post(url + "/v1/chat/completions", json=body,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status != 200:
+                await resp.read()
+                return res, ""
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                choices = chunk.get("choices") or []
+                if not choices:
+                    continue
+                piece = (choices[0].get("delta") or {}).get("content")
+                if piece:
+                    now = time.monotonic()
+                    first = first or now
+                    last = now
+                    parts.append(piece)
+                    res.tokens += 1
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return res, ""
+    if first is None or last is None:
+        return res, ""
+    res.ok = True
+    res.ttft = first - start
+    if res.tokens > 1:
+        res.itl = (last - first) / (res.tokens - 1)
+    return res, "".join(parts)
+
+
+async def drive(urls: list[str], model: str, workload: Workload, rate: float, seconds: float,
+                timeout: float = 60.0) -> tuple[list[Result], float]:  # noqa: ASYNC109
+    """Poisson arrivals at ``rate`` for ``seconds``; requests alternate over
+    ``urls`` (several router replicas). Returns results and the wall time
+    until the last answer (bounded by ``timeout``)."""
+    rng = random.Random(workload.seed + 7)
+    results: list[Result] = []
+    tasks: list[asyncio.Task[None]] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def request(i: int) -> None:
+            user, messages = workload.next_request()
+            res, answer = await one(session, urls[i % len(urls)], model, messages,
+                                    workload.max_tokens, timeout)
+            results.append(res)
+            if res.ok:
+                workload.answered(user, messages, answer)
+
+        start = time.monotonic()
+        due = start
+        i = 0
+        while due < start + seconds:
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(request(i)))
+            i += 1
+            due += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+        return results, time.monotonic() - start
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def summarize(results: list[Result], wall: float, warmup: float) -> dict[str, Any]:
+    """Figures over requests sent after ``warmup`` seconds (cold caches excluded)."""
+    if not results:
+        return {}
+    t0 = min(r.sent_at for r in results)
+    kept = [r for r in results if r.sent_at - t0 >= warmup]
+    ok = [r for r in kept if r.ok]
+    span = max(wall - warmup, 1e-6)
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    itls = [r.itl for r in ok if r.itl is not None]
+    return {
+        "requests": len(kept),
+        "errors": len(kept) - len(ok),
+        "output_tok_s": sum(r.tokens for r in ok) / span,
+        "ttft_p50": percentile(ttfts, 0.5),
+        "ttft_p90": percentile(ttfts, 0.9),
+        "itl_mean": sum(itls) / len(itls) if itls else None,
+    }
+
+
+def parse_counters(text_: str) -> dict[str, float]:
+    """Sum the few vLLM samples the benchmark reads from one /metrics page."""
+    want = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+            "vllm:request_success_total")
+    out = dict.fromkeys(want, 0.0)
+    for line in text_.splitlines():
+        for name in want:
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                out[name] += float(line.rsplit(" ", 1)[1])
+    return out

@@ -1,0 +1,162 @@
+"""Cache- and load-aware routing: router replicas agree on where a key lives,
+bounded load under a hot prefix with worker-reported queues, and KV usage
+steering choices to the emptier worker. Tables of cases over stand-ins and
+over real `Pool` objects (what one router process holds)."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubeinfer.operator.api.routing import RoutingTable
+from kubeinfer.router.policies import KV_FULL, LeastLoaded, PrefixAffinity, stable_hash
+from kubeinfer.router.pool import Pool
+
+KEYS = [stable_hash(f"user-{i}".encode()) for i in range(500)]
+
+
+@dataclass
+class B:
+    name: str
+    weight: int = 1
+    in_flight: int = 0
+    queue_depth: int | None = None
+    kv_usage: float | None = None
+
+
+def table(names: list[str], generation: int = 1) -> RoutingTable:
+    return RoutingTable.model_validate({
+        "service": "svc", "model": "m", "strategy": "prefix-affinity", "generation": generation,
+        "backends": [{"name": n, "url": f"http://127.0.0.1:{9000 + i}", "revision": "r1"}
+                     for i, n in enumerate(names)],
+    })
+
+
+def placements(pool: Pool, keys: list[int]) -> dict[int, str]:
+    out = {}
+    for k in keys:
+        b, _full = pool.pick(k)
+        assert b is not None
+        out[k] = b.name
+        pool.release(b)  # idle pool: only the ring decides
+    return out
+
+
+def fresh_pool(names: list[str]) -> Pool:
+    pool = Pool()
+    pool.apply(table(names))
+    return pool
+
+
+EIGHT = [f"w{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("history", "why"),
+    [
+        ([EIGHT], "a second replica that saw the same table"),
+        ([[*EIGHT, "gone-1", "gone-2"], EIGHT], "a replica that saw since-removed workers"),
+        ([EIGHT[:3], EIGHT[:6], EIGHT], "a replica that saw the table grow"),
+        ([list(reversed(EIGHT))], "a table listing the workers in another order"),
+    ],
+)
+def test_replicas_agree_on_every_key(history: list[list[str]], why: str) -> None:
+    reference = placements(fresh_pool(EIGHT), KEYS)
+    replica = Pool()
+    for generation, names in enumerate(history, start=1):
+        replica.apply(table(names, generation))
+    assert placements(replica, KEYS) == reference, why
+
+
+def test_a_restarted_router_places_keys_where_the_old_one_did() -> None:
+    before = fresh_pool(EIGHT)
+    first = placements(before, KEYS)
+    # Keys are spread (the check above is not trivially true).
+    assert len(set(first.values())) == 8
+    assert placements(fresh_pool(EIGHT), KEYS) == first
+
+
+def test_an_unhealthy_worker_moves_only_its_own_keys_and_gets_them_back() -> None:
+    pool = fresh_pool(EIGHT)
+    before = placements(pool, KEYS)
+    pool.backends["w3"].healthy = False
+    during = placements(pool, KEYS)
+    moved = [k for k in KEYS if before[k] != during[k]]
+    assert moved
+    assert all(before[k] == "w3" for k in moved)
+    pool.backends["w3"].healthy = True
+    assert placements(pool, KEYS) == before
+
+
+@pytest.mark.parametrize(("n", "load_factor", "queued"), [(4, 1.25, 0), (8, 1.25, 3), (8, 1.5, 1)])
+def test_bounded_load_under_a_hot_prefix(n: int, load_factor: float, queued: int) -> None:
+    """Every request has the same key (one system prompt). Workers also report
+    a queue (other routers' requests): the bound counts it too."""
+    backends = [B(f"b{i}", queue_depth=queued) for i in range(n)]
+    policy = PrefixAffinity(load_factor)
+    hot = stable_hash(b"the one long system prompt")
+    for _ in range(20 * n):
+        loads = [b.in_flight + (b.queue_depth or 0) for b in backends]
+        bound = -(-load_factor * (sum(loads) + 1) // n)
+        chosen = policy.choose(backends, hot)
+        assert chosen.in_flight + (chosen.queue_depth or 0) < bound
+        chosen.in_flight += 1
+    loads = [b.in_flight + (b.queue_depth or 0) for b in backends]
+    assert max(loads) <= -(-load_factor * sum(loads) // n)
+
+
+def test_bound_sees_another_routers_queue() -> None:
+    # This router has sent nothing, but the key's owner reports a long queue
+    # (another replica's requests): the key spills instead of piling on.
+    backends = [B(f"b{i}") for i in range(4)]
+    policy = PrefixAffinity()
+    key = KEYS[0]
+    owner = policy.choose(backends, key)
+    owner.queue_depth = 10
+    assert policy.choose(backends, key) is not owner
+    owner.queue_depth = 0
+    assert policy.choose(backends, key) is owner
+
+
+@pytest.mark.parametrize(
+    ("backends", "expected"),
+    [
+        # Same in flight: the shorter worker queue wins.
+        ([B("a", queue_depth=4), B("b", queue_depth=1), B("c", queue_depth=2)], "b"),
+        # Same in flight and queue: the emptier KV cache wins.
+        ([B("a", kv_usage=0.9), B("b", kv_usage=0.2), B("c", kv_usage=0.5)], "b"),
+        # KV usage never outweighs requests in flight.
+        ([B("a", in_flight=1, kv_usage=0.0), B("b", in_flight=2, kv_usage=0.0),
+          B("c", in_flight=0, kv_usage=0.8)], "c"),
+        # Unknown figures (not scraped yet) count as zero.
+        ([B("a", kv_usage=0.3), B("b")], "b"),
+    ],
+)
+def test_least_loaded_prefers_the_emptier_worker(backends: list[B], expected: str) -> None:
+    policy = LeastLoaded()
+    # Whatever the rotation's starting point.
+    picks = {policy.choose(backends, None).name for _ in range(len(backends))}
+    assert picks == {expected}
+
+
+def test_prefix_affinity_passes_over_a_full_kv_cache() -> None:
+    backends = [B(f"b{i}") for i in range(4)]
+    policy = PrefixAffinity()
+    key = KEYS[1]
+    owner = policy.choose(backends, key)
+    owner.kv_usage = KV_FULL
+    other = policy.choose(backends, key)
+    assert other is not owner
+    owner.kv_usage = 0.5
+    assert policy.choose(backends, key) is owner
+
+
+def test_keys_spread_evenly_over_the_ring() -> None:
+    policy = PrefixAffinity()
+    backends = [B(f"w{i}") for i in range(8)]
+    counts: collections.Counter[Any] = collections.Counter(
+        policy.choose(backends, k).name for k in KEYS)
+    assert len(counts) == 8
+    assert min(counts.values()) > len(KEYS) / 8 * 0.5
