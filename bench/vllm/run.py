@@ -5,7 +5,7 @@ One command, loopback only, bounded (a fixed number of requests per point;
 about 3 minutes on 2 cores):
 
     make install vllm-build
-    .venv/bin/python bench/vllm/run.py [--concurrency 1,4,16] [--requests 48] [--rounds 2]
+    .venv/bin/python bench/vllm/run.py [--concurrency 1,4,16] [--requests 48] [--rounds 3]
 
 One vLLM server and one router in front of it. For each concurrency, the
 same streaming completions (max_tokens 32, ignore_eos) are sent directly and
@@ -130,7 +130,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=48, help="per point and target")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -143,8 +143,10 @@ def main() -> int:
         server.wait_ready()
         router, router_url = start_router(server.url, workdir)
         targets = {"direct": server.url, "router": router_url}
-        # Warm-up: vLLM's first requests pay one-time costs.
-        asyncio.run(run_point(server.url, 4, 8))
+        # Warm-up at every concurrency: vLLM's first batch of a new size pays
+        # one-time costs (a first 16-wide batch took 1.2 s in one run).
+        for level in levels:
+            asyncio.run(run_point(server.url, level, 2 * level))
         raw: dict[tuple[str, int], list[dict[str, float]]] = {}
         for rnd in range(args.rounds):
             order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
