@@ -146,8 +146,8 @@ def _is_complete(out: Path, target: GoTarget) -> bool:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds of one target between processes (e.g. two test runs)."""
+def locked(path: Path) -> Iterator[None]:
+    """Serialise builds between processes (two test runs, a test run and a demo)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -215,7 +215,7 @@ def ensure_target(target: GoTarget, progress: Progress, go: str | None = None) -
     out = output_dir(target, _go_version(go))
     if _is_complete(out, target):
         return out
-    with _locked(bin_root() / f".{target.module}.lock"):
+    with locked(bin_root() / f".{target.module}.lock"):
         if _is_complete(out, target):  # another process built it meanwhile
             return out
         progress(f"[build {target.module}] building into {out} (cold builds take minutes)")

@@ -17,18 +17,17 @@ family, resolved together with torch==2.13.0, then frozen.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubeinfer.localcluster.build import locked
 from kubeinfer.localcluster.paths import cache_dir
 
 VLLM_VERSION = "0.32.0"
@@ -93,18 +92,6 @@ def vllm_bin_dir() -> Path | None:
     return root / "bin" if (root / COMPLETE_MARKER).exists() else None
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds between processes (two test runs, a test run and a demo)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
     # Never from the repository root: its operator/ folder shadows the stdlib.
     cwd = cache_dir()
@@ -126,7 +113,7 @@ def ensure_vllm_env(progress: Progress) -> VllmEnv:
     env = VllmEnv(root)
     if (root / COMPLETE_MARKER).exists():
         return env
-    with _locked(root.parent / f".{root.name}.lock"):
+    with locked(root.parent / f".{root.name}.lock"):
         if (root / COMPLETE_MARKER).exists():
             return env
         shutil.rmtree(root, ignore_errors=True)
@@ -173,7 +160,7 @@ def ensure_tiny_model(env: VllmEnv, progress: Progress) -> Path:
     out = model_dir()
     if (out / COMPLETE_MARKER).exists():
         return out
-    with _locked(out.parent / f".{out.name}.lock"):
+    with locked(out.parent / f".{out.name}.lock"):
         if (out / COMPLETE_MARKER).exists():
             return out
         staging = out.with_name(out.name + ".tmp")
