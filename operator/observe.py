@@ -10,13 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.exits import ExitCode
 
 ANNOTATION_FAILURES = f"{c.GROUP}/failures"
 ANNOTATION_DRAINING = f"{c.GROUP}/draining-since"
 ANNOTATION_REPLACES = f"{c.GROUP}/replaces"
-# Termination messages the worker writes for faults of the GPU itself:
-# restarting on the same GPU can't help, the pod must move.
-GPU_FAULT_PREFIXES = ("GPU lost", "GPU fault", "GPU error", "GPU ECC", "GPU Xid")
 # With terminationMessagePolicy FallbackToLogsOnError the message can be
 # the tail of the logs; status shows its last line, shortened.
 MAX_REASON_CHARS = 200
@@ -74,9 +72,11 @@ class PodInfo:
 
     @property
     def gpu_fault(self) -> str | None:
-        """The worker's reason when it left because of its GPU."""
-        message = self.termination_message or ""
-        return message if message.startswith(GPU_FAULT_PREFIXES) else None
+        """The worker's reason when it left because of its GPU (its exit
+        code says so): restarting on the same GPU can't help, the pod must move."""
+        if self.exit_code != ExitCode.GPU_FAULT:
+            return None
+        return self.termination_message or f"GPU fault (exit code {ExitCode.GPU_FAULT:d})"
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -28,9 +28,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from kubeinfer.operator.api import Engine
+from kubeinfer.operator.api.exits import ExitCode
 from kubeinfer.worker.config import WorkerConfig
 from kubeinfer.worker.control import ControlChannel, Message
-from kubeinfer.worker.failures import ExitCode, classify_engine_exit
+from kubeinfer.worker.failures import classify_engine_exit
 from kubeinfer.worker.faults import EngineFaults, FaultUpdate, apply_update
 from kubeinfer.worker.gpuhealth import ReadFailures, StuckDetector, ecc_fault, xid_fault
 from kubeinfer.worker.nvml import Gpu, GpuError, GpuLostError, GpuSnapshot, XidEvent

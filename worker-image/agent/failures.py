@@ -5,7 +5,6 @@ and in `kubectl describe pod`; the operator copies it into the
 InferenceService's per-replica status. One line, stating the cause.
 """
 
-import enum
 import logging
 import re
 import signal
@@ -15,17 +14,6 @@ log = logging.getLogger(__name__)
 
 # Kubernetes keeps at most 4096 bytes of a termination message.
 MAX_MESSAGE_BYTES = 4096
-
-
-class ExitCode(enum.IntEnum):
-    """The worker's exit status; every failure is non-zero."""
-
-    OK = 0  # stopped on request (SIGTERM), after draining
-    INTERNAL = 1  # a bug in the agent
-    USAGE = 2  # invalid command line or spec
-    STARTUP = 3  # a start-up check failed: no GPU, not enough memory, model not found
-    GPU_FAULT = 4  # the GPU failed while the worker ran (Xid, ECC, lost, stuck)
-    ENGINE = 5  # the engine exited, crashed or stopped answering
 
 
 def write_termination_message(path: str, message: str) -> None:

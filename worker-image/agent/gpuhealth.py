@@ -7,6 +7,7 @@ termination message, so the operator and `kubectl describe pod` show it.
 from dataclasses import dataclass
 
 from kubeinfer.operator.api import Dtype, ModelSpec
+from kubeinfer.operator.api.exits import GpuFault
 from kubeinfer.worker.nvml import GpuSnapshot, XidEvent
 
 GIB = 1024**3
@@ -47,11 +48,11 @@ def describe_xid(xid: int) -> str:
 def xid_fault(event: XidEvent) -> str | None:
     """The reason to stop for an NVML event, or None when it is not the GPU's fault."""
     if event.xid == 0:
-        return "GPU fault: uncorrectable (double-bit) ECC error"
+        return GpuFault.FAULT.message("uncorrectable (double-bit) ECC error")
     if event.xid in APPLICATION_XIDS:
         return None
-    kind = "GPU lost" if event.xid == XID_FALLEN_OFF_BUS else "GPU fault"
-    return f"{kind}: Xid {event.xid} ({describe_xid(event.xid)})"
+    kind = GpuFault.LOST if event.xid == XID_FALLEN_OFF_BUS else GpuFault.FAULT
+    return kind.message(f"Xid {event.xid} ({describe_xid(event.xid)})")
 
 
 _BYTES_PER_PARAMETER = {
@@ -72,6 +73,16 @@ def model_memory_bytes(model: ModelSpec) -> int | None:
     return None
 
 
+def service_fault(snapshot: GpuSnapshot) -> str | None:
+    """The GPU must be reset before anything runs on it: a GPU fault, not a
+    start-up problem, so the pod moves to another GPU at once."""
+    if snapshot.remapped_rows_failed:
+        return GpuFault.NEEDS_SERVICE.message(
+            f"row remapping failed on {snapshot.name} {snapshot.uuid}"
+        )
+    return None
+
+
 def precheck_fault(snapshot: GpuSnapshot, model: ModelSpec) -> str | None:
     """Can vLLM start on this GPU? Checked before the engine is launched.
 
@@ -79,8 +90,6 @@ def precheck_fault(snapshot: GpuSnapshot, model: ModelSpec) -> str | None:
     after loading the weights when less than that is free, which for a big
     model is minutes in. Saying it up front is cheaper and clearer.
     """
-    if snapshot.remapped_rows_failed:
-        return f"GPU needs service: row remapping failed on {snapshot.name} {snapshot.uuid}"
     utilization = model.engine_args.gpu_memory_utilization
     total = snapshot.memory_total_bytes
     budget = utilization * total
@@ -106,7 +115,8 @@ def ecc_fault(snapshot: GpuSnapshot, baseline: GpuSnapshot) -> str | None:
         return None
     new = snapshot.ecc_uncorrected - baseline.ecc_uncorrected
     if new > 0:
-        return f"GPU fault: {new} uncorrectable ECC error{'s' if new > 1 else ''} since start"
+        plural = "s" if new > 1 else ""
+        return GpuFault.FAULT.message(f"{new} uncorrectable ECC error{plural} since start")
     return None
 
 
@@ -129,9 +139,9 @@ class StuckDetector:
             self.since = now
         stuck_for = now - self.since
         if stuck_for >= self.limit_seconds:
-            return (
-                f"GPU stuck: 0% utilisation for {stuck_for:.0f} s "
-                f"with {running} request{'s' if running != 1 else ''} running"
+            plural = "s" if running != 1 else ""
+            return GpuFault.STUCK.message(
+                f"0% utilisation for {stuck_for:.0f} s with {running} request{plural} running"
             )
         return None
 
@@ -149,5 +159,5 @@ class ReadFailures:
             return None
         self.count += 1
         if self.count >= self.limit:
-            return f"GPU unreadable: {error}"
+            return GpuFault.UNREADABLE.message(error)
         return None

@@ -16,11 +16,12 @@ from collections.abc import Mapping, Sequence
 
 from kubeinfer.operator.api import Engine
 from kubeinfer.operator.api.constants import DEFAULT_TERMINATION_LOG, ENV_TERMINATION_LOG
+from kubeinfer.operator.api.exits import ExitCode
 from kubeinfer.worker.agent import Agent, Outcome, WatchedGpu
 from kubeinfer.worker.agenthttp import agent_app
 from kubeinfer.worker.config import ConfigError, Device, WorkerConfig, parse_worker_args
-from kubeinfer.worker.failures import ExitCode, write_termination_message
-from kubeinfer.worker.gpuhealth import precheck_fault
+from kubeinfer.worker.failures import write_termination_message
+from kubeinfer.worker.gpuhealth import precheck_fault, service_fault
 from kubeinfer.worker.launcher import (
     LaunchError,
     build_simulated_command,
@@ -92,10 +93,10 @@ def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:
     if gpu is None:
         log.info("no GPU (--device cpu): vLLM's CPU backend, no NVML checks")
     else:
-        fault = _precheck(gpu, config)
-        if fault is not None:
+        outcome = _precheck(gpu, config)
+        if outcome is not None:
             gpu.nvml.close()
-            return Outcome(ExitCode.STARTUP, fault)
+            return outcome
     agent = Agent(config, gpu, command, engine_env)
     try:
         return asyncio.run(agent.run(agent_app(agent)))
@@ -104,8 +105,8 @@ def run_worker(config: WorkerConfig, env: Mapping[str, str]) -> Outcome:
             gpu.nvml.close()
 
 
-def _precheck(gpu: WatchedGpu, config: WorkerConfig) -> str | None:
-    """Log the GPU; the reason the model can't fit in its free memory, or None."""
+def _precheck(gpu: WatchedGpu, config: WorkerConfig) -> Outcome | None:
+    """Log the GPU; why the worker can't start on it, or None."""
     baseline = gpu.baseline
     log.info(
         "GPU %s %s: %.1f of %.1f GiB free",
@@ -114,7 +115,11 @@ def _precheck(gpu: WatchedGpu, config: WorkerConfig) -> str | None:
         baseline.memory_free_bytes / 1024**3,
         baseline.memory_total_bytes / 1024**3,
     )
-    return precheck_fault(baseline, config.model)
+    broken = service_fault(baseline)
+    if broken is not None:
+        return Outcome(ExitCode.GPU_FAULT, broken)
+    fault = precheck_fault(baseline, config.model)
+    return None if fault is None else Outcome(ExitCode.STARTUP, fault)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from kubeinfer.operator.api.exits import GpuFault
+
 # NVML return codes (nvml.h); pynvml exposes the same numbers as
 # NVML_ERROR_*. Repeated here so that a fake library needs no pynvml.
 NVML_ERROR_INVALID_ARGUMENT = 2
@@ -301,7 +303,7 @@ def _text(value: str | bytes) -> str:
 def _mapped(error: Exception, *, what: str) -> GpuError:
     code = getattr(error, "value", None)
     if code in _LOST_CODES:
-        return GpuLostError(f"GPU lost: NVML reports {error}")
+        return GpuLostError(GpuFault.LOST.message(f"NVML reports {error}"))
     if code in _NO_GPU_CODES:
         return NoGpuError(f"{what} ({error})")
     return GpuError(f"{what} ({error})")

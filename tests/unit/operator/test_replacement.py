@@ -44,7 +44,19 @@ def pod(**changes: object) -> PodInfo:
             "pod failed: model not found: x",
         ),
         ({"phase": "Failed", "exit_code": 137}, "pod failed: exit code 137"),
-        ({"termination_message": "GPU lost: Xid 79", "restarts": 1}, "GPU lost: Xid 79"),
+        (
+            {"termination_message": "GPU lost: Xid 79", "exit_code": 4, "restarts": 1},
+            "GPU lost: Xid 79",
+        ),
+        # Every GPU fault the worker names moves the pod: read from the exit code.
+        (
+            {"termination_message": "GPU stuck: 0% for 60 s", "exit_code": 4, "restarts": 1},
+            "GPU stuck: 0% for 60 s",
+        ),
+        ({"exit_code": 4, "restarts": 1}, "GPU fault (exit code 4)"),
+        # The text alone is not a verdict: an engine crash that mentions the
+        # GPU restarts in place, like any other.
+        ({"termination_message": "GPU lost: Xid 79", "exit_code": 5, "restarts": 1}, None),
         ({"node": "n2"}, "node n2 is NotReady"),
         ({"node": "gone"}, "node gone is gone"),
         (
@@ -74,8 +86,9 @@ def test_failure_count_resets_after_a_long_life() -> None:
 
 
 def fail(world: SimWorld, name: str, message: str) -> None:
+    """The worker left with a GPU fault (exit code 4) and was restarted."""
     world.pods[name] = dataclasses.replace(
-        world.pods[name], termination_message=message, restarts=1, ready=False
+        world.pods[name], termination_message=message, exit_code=4, restarts=1, ready=False
     )
 
 

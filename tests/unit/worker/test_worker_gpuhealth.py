@@ -11,6 +11,7 @@ from kubeinfer.worker.gpuhealth import (
     StuckDetector,
     ecc_fault,
     precheck_fault,
+    service_fault,
     xid_fault,
 )
 from kubeinfer.worker.nvml import DeviceSelector, Gpu, GpuSnapshot, XidEvent
@@ -76,10 +77,12 @@ class TestPrecheck:
             f"model does not fit: it needs about {needs} GiB, vLLM may use 72.0"
         )
 
-    def test_failed_row_remapping(self) -> None:
-        reason = precheck_fault(snapshot_of(FakeDevice(remapped=(0, 4, 0, 1))), model())
+    def test_failed_row_remapping_is_a_gpu_fault(self) -> None:
+        snapshot = snapshot_of(FakeDevice(remapped=(0, 4, 0, 1)))
+        reason = service_fault(snapshot)
         assert reason is not None
         assert reason.startswith("GPU needs service: row remapping failed")
+        assert service_fault(snapshot_of(FakeDevice(remapped=(0, 4, 1, 0)))) is None
 
 
 def test_ecc_fault_counts_new_errors_only() -> None:
