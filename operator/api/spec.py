@@ -10,6 +10,7 @@ operator and the API server reject the same objects with the same message.
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
+from kubeinfer.operator.api import engineflags
 from kubeinfer.operator.api.base import ApiModel
 from pydantic import Field, model_validator
 
@@ -68,6 +69,10 @@ class SecretKeyRef(ApiModel):
 class EngineArgs(ApiModel):
     """Arguments for the engine; mapped to vLLM's flags by the worker."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": engineflags.extra_args_cel()}
+    }
+
     max_model_len: Annotated[
         int | None,
         Field(ge=16, le=10_000_000, description="Context length (--max-model-len)."),
@@ -89,13 +94,30 @@ class EngineArgs(ApiModel):
         Field(ge=1, le=4096, description="Sequences per batch (--max-num-seqs)."),
     ] = None
     extra_args: Annotated[
-        list[str],
-        Field(max_length=64, description="More vLLM flags, passed through verbatim."),
+        list[Annotated[str, Field(max_length=1024)]],
+        Field(
+            max_length=64,
+            description=(
+                "More vLLM flags, passed through verbatim; not those the worker sets "
+                "(--port, --served-model-name, ...), secrets or multi-GPU parallelism."
+            ),
+        ),
     ] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_reserved_flags(self) -> Self:
+        problem = engineflags.reserved_flag_problem(self.extra_args)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class ModelSpec(ApiModel):
     """The model to serve."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [engineflags.source_scheme_cel()]}
+    }
 
     name: Annotated[
         str,
@@ -148,13 +170,9 @@ class ModelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _source_scheme_is_known(self) -> Self:
-        if "://" in self.source:
-            scheme = self.source.split("://", 1)[0]
-            if scheme not in ("pvc", "s3", "gs", "hf"):
-                raise ValueError(
-                    f"model.source scheme {scheme!r} is not supported; "
-                    "use a hub id, pvc://, s3://, gs://, hf:// or an absolute path"
-                )
+        problem = engineflags.source_scheme_problem(self.source)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

@@ -25,6 +25,7 @@ from kubeinfer.operator.api.constants import (
     WORKER_DEVICE_GPU,
     WORKER_HTTP_PORT,
 )
+from kubeinfer.operator.api.resource import format_validation_error
 from pydantic import ValidationError
 
 ENV_MODEL_SPEC = "KUBEINFER_MODEL_SPEC"
@@ -119,11 +120,7 @@ def _load_json_model(kind: type[M], flag: str, text: str | None) -> M:
     try:
         return kind.model_validate_json(text)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc']) or '(root)'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise ConfigError(f"invalid {flag}: {problems}") from None
+        raise ConfigError(f"invalid {flag}: {format_validation_error(error)}") from None
 
 
 def parse_worker_args(argv: Sequence[str], env: Mapping[str, str]) -> WorkerConfig:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kubeinfer.operator.api import Dtype, ModelSpec, SimulatorSpec
 from kubeinfer.operator.api.constants import ENV_VLLM_CPU_KVCACHE_SPACE
+from kubeinfer.operator.api.engineflags import flag_name
 from kubeinfer.worker.config import Device
 
 
@@ -18,17 +19,6 @@ class LaunchError(ValueError):
     """The model spec cannot be turned into a working engine command line."""
 
 
-# Flags the worker sets itself: the operator, the router and the probes
-# rely on them, so extraArgs may not move them.
-MANAGED_FLAGS = frozenset(
-    {"--host", "--port", "--served-model-name", "--model", "--uds", "--root-path"}
-)
-# One worker pod has exactly one GPU.
-MULTI_GPU_FLAGS = frozenset(
-    {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size"}
-)
-# Secrets come from Secrets (HF_TOKEN), never from the spec.
-SECRET_FLAGS = frozenset({"--api-key", "--hf-token"})
 # Flags that engineArgs fields own when they are set.
 FIELD_FLAGS = {
     "--max-model-len": "maxModelLen",
@@ -77,22 +67,6 @@ def model_location(source: str) -> ModelLocation:
     return ModelLocation(source, "hub")
 
 
-def _flag_name(arg: str) -> str | None:
-    if not arg.startswith("-") or arg == "-" or _is_number(arg):
-        return None
-    name = arg.split("=", 1)[0]
-    # vLLM's parser accepts --max_model_len for --max-model-len.
-    return name[:2] + name[2:].replace("_", "-") if name.startswith("--") else name
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def check_extra_args(model: ModelSpec) -> None:
     """Reject extraArgs that would break the worker. Raises LaunchError."""
     set_fields = {
@@ -103,20 +77,7 @@ def check_extra_args(model: ModelSpec) -> None:
         "--revision": model.revision is not None,
     }
     for arg in model.engine_args.extra_args:
-        flag = _flag_name(arg)
-        if flag is None:
-            continue
-        if flag in MANAGED_FLAGS:
-            raise LaunchError(f"engineArgs.extraArgs may not set {flag}: the worker sets it")
-        if flag in SECRET_FLAGS:
-            raise LaunchError(
-                f"engineArgs.extraArgs may not set {flag}: put secrets in a Secret "
-                "(model.secretRef), never in the spec"
-            )
-        if flag in MULTI_GPU_FLAGS:
-            raise LaunchError(
-                f"engineArgs.extraArgs may not set {flag}: a worker pod has exactly one GPU"
-            )
+        flag = flag_name(arg)
         if flag in FIELD_FLAGS and set_fields[flag]:
             field = FIELD_FLAGS[flag]
             where = "model.revision" if field == "revision" else f"engineArgs.{field}"
@@ -124,7 +85,7 @@ def check_extra_args(model: ModelSpec) -> None:
 
 
 def _has_flag(args: list[str], flag: str) -> bool:
-    return any(_flag_name(arg) == flag for arg in args)
+    return any(flag_name(arg) == flag for arg in args)
 
 
 def build_vllm_command(

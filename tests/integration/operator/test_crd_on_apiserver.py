@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.operator.api import engineflags
 from kubeinfer.operator.api.spec import NO_GPU_LARGEST_FIRST_MESSAGE, NO_GPU_SELECTORS_MESSAGE
 
 pytestmark = pytest.mark.cluster
@@ -69,6 +70,30 @@ BAD = [
     ({"gpu": {"count": 0, "product": "NVIDIA-H100-80GB-HBM3"}}, NO_GPU_SELECTORS_MESSAGE),
     ({"gpu": {"count": 0, "minMemoryMiB": 40000}}, NO_GPU_SELECTORS_MESSAGE),
     ({"gpu": {"count": 0, "placement": "largest-first"}}, NO_GPU_LARGEST_FIRST_MESSAGE),
+    # What the worker would refuse at start-up, refused at apply time instead.
+    (
+        {"model": {"name": "m", "source": "org/m", "engineArgs": {"extraArgs": ["--port", "9"]}}},
+        engineflags.MANAGED.message("any of " + ", ".join(sorted(engineflags.MANAGED.flags))),
+    ),
+    (
+        {
+            "model": {
+                "name": "m",
+                "source": "o/m",
+                "engineArgs": {"extraArgs": ["--served_model_name=x"]},
+            }
+        },
+        "engineArgs.extraArgs may not set any of --host",
+    ),
+    (
+        {"model": {"name": "m", "source": "org/m", "engineArgs": {"extraArgs": ["-tp", "2"]}}},
+        "a worker pod has exactly one GPU",
+    ),
+    (
+        {"model": {"name": "m", "source": "org/m", "engineArgs": {"extraArgs": ["--api-key=k"]}}},
+        "put secrets in a Secret (model.secretRef)",
+    ),
+    ({"model": {"name": "m", "source": "ftp://host/m"}}, engineflags.SOURCE_SCHEME_MESSAGE),
 ]
 
 

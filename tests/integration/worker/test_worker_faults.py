@@ -188,7 +188,8 @@ def test_model_does_not_fit_the_gpu(start_worker: Any) -> None:
         (
             {"engine": "vllm", "model": {**TINY_MODEL, "engineArgs": {"extraArgs": ["--port=1"]}}},
             USAGE_EXIT,
-            "invalid model spec: engineArgs.extraArgs may not set --port: the worker sets it",
+            "invalid arguments: invalid --model-spec: "
+            "engineArgs: engineArgs.extraArgs may not set --port: the worker sets it",
         ),
         ({"model": {"name": "m"}}, USAGE_EXIT, "invalid arguments: invalid --model-spec: source"),
         ({"engine": "tgi"}, USAGE_EXIT, "invalid arguments (see the container log)"),

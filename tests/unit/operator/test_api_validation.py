@@ -1,5 +1,6 @@
 """The API: defaults, and every validation rule with its exact message."""
 
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from kubeinfer.operator.api import (
     Placement,
     RoutingTable,
     Strategy,
+    engineflags,
     parse_spec,
 )
 
@@ -85,7 +87,21 @@ INVALID = [
         with_("model.engineArgs.gpuMemoryUtilization", 1.5),
         "model.engineArgs.gpuMemoryUtilization: Input should be less than or equal to 1",
     ),
-    (with_("model.source", "ftp://host/x"), "model.source scheme 'ftp' is not supported"),
+    (
+        with_("model.source", "ftp://host/x"),
+        "model: model.source scheme is not supported; use a hub id",
+    ),
+    (
+        with_("model.engineArgs.extraArgs", ["--port", "9000"]),
+        "may not set --port: the worker sets it",
+    ),
+    (with_("model.engineArgs.extraArgs", ["--host=1.2.3.4"]), "may not set --host"),
+    (with_("model.engineArgs.extraArgs", ["--served-model-name=x"]), "--served-model-name"),
+    (with_("model.engineArgs.extraArgs", ["--served_model_name", "x"]), "--served-model-name"),
+    (with_("model.engineArgs.extraArgs", ["--api-key", "s3cret"]), "put secrets in a Secret"),
+    (with_("model.engineArgs.extraArgs", ["--hf-token=abc"]), "put secrets in a Secret"),
+    (with_("model.engineArgs.extraArgs", ["--tensor-parallel-size", "2"]), "exactly one GPU"),
+    (with_("model.engineArgs.extraArgs", ["-tp", "2"]), "exactly one GPU"),
     (with_("model.name", "has space"), "model.name: String should match pattern"),
     (with_("model.secretRef", {"name": "Bad_Name"}), "model.secretRef.name: String should match"),
     (with_("replica", 3), "replica: Extra inputs are not permitted"),
@@ -144,3 +160,29 @@ ROUTING_INVALID = [
 def test_routing_table_rejects_inconsistent_tables(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RoutingTable.model_validate({"service": "s", "model": "m", **extra})
+
+
+# The CRD's CEL rules and pydantic must refuse the same arguments: the CEL
+# side is an RE2 pattern generated from the same flag sets (RE2 and Python's
+# re agree on these patterns: alternation, classes, anchors).
+ARGS = [
+    "--port", "--port=1", "--PORT", "--portal", "--host", "--uds=/x", "--root_path=/", "--model",
+    "--served-model-name", "--served_model_name=x", "--api-key", "--api_key=k", "--hf-token",
+    "-tp", "-tp=2", "-tpx", "-pp", "--tensor_parallel_size", "--data-parallel-size=2",
+    "--pipeline-parallel-size", "--enable-prefix-caching", "--max-model-len", "9000", "-1",
+    "--seed=7", "port", "-", "--", "--hf-tokens",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("arg", ARGS)
+def test_cel_pattern_and_pydantic_agree(arg: str) -> None:
+    refused_by_cel = any(re.search(r.regex(), arg) for r in engineflags.RESERVED)
+    refused_by_pydantic = engineflags.reserved_flag_problem([arg]) is not None
+    assert refused_by_cel == refused_by_pydantic
+
+
+def test_every_reserved_flag_is_refused_both_ways() -> None:
+    for reserved in engineflags.RESERVED:
+        for flag in reserved.flags:
+            assert re.search(reserved.regex(), f"{flag}=1"), flag
+            assert engineflags.reserved_flag_problem([flag, "1"]) == reserved.message(flag)

@@ -90,22 +90,6 @@ class TestVllmCommand:
         assert command.count("--load-format") == 1
 
     @pytest.mark.parametrize(
-        ("extra", "message"),
-        [
-            (["--port", "9"], "may not set --port: the worker sets it"),
-            (["--host=1.2.3.4"], "may not set --host"),
-            (["--served_model_name", "x"], "may not set --served-model-name"),
-            (["--api-key", "s3cret"], "put secrets in a Secret"),
-            (["--hf-token=abc"], "put secrets in a Secret"),
-            (["--tensor-parallel-size", "2"], "exactly one GPU"),
-            (["-tp", "2"], "exactly one GPU"),
-        ],
-    )
-    def test_rejected_extra_args(self, extra: list[str], message: str) -> None:
-        with pytest.raises(LaunchError, match=message):
-            build_vllm_command(model(engineArgs={"extraArgs": extra}), "0.0.0.0", 8000)
-
-    @pytest.mark.parametrize(
         ("fields", "message"),
         [
             (
