@@ -29,8 +29,10 @@ from kubeinfer.localcluster.operator_fixtures import (
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for
+from kubeinfer.operator.api.constants import LABEL_REPLICA, LABEL_REVISION
 
-pytestmark = pytest.mark.cluster
+# Each test drives whole rollouts (analysis windows, model loads) on 2 cores.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 
 def service(name: str, replicas: int = 2, **simulator: Any) -> dict[str, Any]:
@@ -127,28 +129,60 @@ async def test_killed_worker_costs_no_request(
     assert load.outcomes["failed"] == 0, load.failures[:5]
 
 
-async def test_operator_killed_mid_rollout_continues_without_duplicates(
+async def test_operator_killed_right_after_a_pod_create_continues_without_duplicates(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
+    # The dangerous moment for a restart: the operator has just created a
+    # canary pod and not yet recorded what it did next.
     apply_isvc(kube, namespace, service("resume", replicas=2))
     wait_condition(kube, namespace, "resume", "Ready", timeout=90)
+    first = get_isvc(kube, namespace, "resume")["status"]["stableRevision"]
     load = Load(router_url(kube, namespace, "resume"), "sim-model", clients=2)
     async with load.running():
         apply_isvc(kube, namespace, service("resume", tpotMs=0.5))
-        await until(
-            lambda: rollout_phase(kube, namespace, "resume") == "Analysing", 60, "the first step"
-        )
+
+        def canary_pods() -> list[str]:
+            return [
+                p["metadata"]["name"]
+                for p in worker_pods(kube, namespace, "resume")
+                if p["metadata"]["labels"][LABEL_REVISION] != first
+            ]
+
+        created = await until(canary_pods, 60, "the canary pod to be created")
         running_operator.kill()
-        names_before = {p["metadata"]["name"] for p in worker_pods(kube, namespace, "resume")}
-        running_operator.start()
-        await until(
-            lambda: rollout_phase(kube, namespace, "resume") == "Idle", 120, "the rollout to finish"
-        )
+        try:
+            names_at_kill = {p["metadata"]["name"] for p in worker_pods(kube, namespace, "resume")}
+        finally:
+            running_operator.start()
+
+        def promoted() -> str | None:
+            status = get_isvc(kube, namespace, "resume").get("status", {})
+            stable = status.get("stableRevision")
+            done = rollout_phase(kube, namespace, "resume") == "Idle" and stable != first
+            return stable if done else None
+
+        stable = await until(promoted, 150, "the rollout to finish with a new stable revision")
     pods = worker_pods(kube, namespace, "resume")
-    replicas = [p["metadata"]["labels"]["kubeinfer.io/replica"] for p in pods]
-    assert sorted(replicas) == ["0", "1"], names_before
-    assert len({p["metadata"]["labels"]["kubeinfer.io/revision"] for p in pods}) == 1
+    replicas = [p["metadata"]["labels"][LABEL_REPLICA] for p in pods]
+    assert sorted(replicas) == ["0", "1"], (names_at_kill, [p["metadata"]["name"] for p in pods])
+    assert {p["metadata"]["labels"][LABEL_REVISION] for p in pods} == {stable}
+    # The canary pod made before the kill was kept, not made twice.
+    assert set(created) <= {p["metadata"]["name"] for p in pods}
     assert load.outcomes["failed"] == 0, load.failures[:5]
+    operator_never_wrote_the_spec(get_isvc(kube, namespace, "resume"))
+
+
+def operator_never_wrote_the_spec(isvc: dict[str, Any]) -> None:
+    """The RBAC grants `patch` on InferenceServices (kopf's finalizer and
+    annotations), so the rule list can't prove it: the API server's
+    managedFields can. Only the user (kubectl here) owns spec fields."""
+    entries = isvc["metadata"]["managedFields"]
+    ours = [e for e in entries if not e["manager"].startswith("kubectl")]
+    assert any(e.get("subresource") == "status" for e in ours), entries
+    for entry in ours:
+        assert "f:spec" not in entry.get("fieldsV1", {}), entry
+    users = [e for e in entries if e["manager"].startswith("kubectl")]
+    assert any("f:spec" in e.get("fieldsV1", {}) for e in users), entries
 
 
 async def test_manual_pause_promote_abort_and_undo(

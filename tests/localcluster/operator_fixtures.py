@@ -28,7 +28,7 @@ import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from kubeinfer.localcluster.state import ClusterState
-from kubeinfer.localcluster.waiting import wait_for
+from kubeinfer.localcluster.waiting import GiveUpError, wait_for
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.crdgen import build_crd
 from kubeinfer.operator.rbac import (
@@ -123,7 +123,7 @@ class OperatorProcess:
     def _healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"the operator exited: {self.log.read_text()[-3000:]}")
+            raise GiveUpError(f"the operator exited: {self.log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.health_port}/healthz", timeout=1

@@ -14,6 +14,12 @@ class WaitTimeoutError(AssertionError):
     """The condition did not hold before the deadline; says what was last seen."""
 
 
+class GiveUpError(AssertionError):
+    """Raised by a condition when waiting longer can't help (the process it
+    waits for has exited): wait_for passes it on at once instead of keeping
+    it as the last error seen until the deadline."""
+
+
 def _timed_out(timeout: float, what: str, last: object) -> WaitTimeoutError:
     return WaitTimeoutError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
@@ -27,13 +33,16 @@ def wait_for(
 ) -> T:
     """Poll condition until it returns a truthy value and return that value.
 
-    Raises WaitTimeoutError (an AssertionError) with the last value or error seen.
+    Raises WaitTimeoutError (an AssertionError) with the last value or error
+    seen, or the GiveUpError the condition raised.
     """
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
             value = condition()
+        except GiveUpError:
+            raise
         except Exception as error:  # kept: a timeout reports it as the last seen
             value, last = None, error
         else:
@@ -58,6 +67,8 @@ async def async_wait_for(
     while True:
         try:
             value = await condition()
+        except GiveUpError:
+            raise
         except Exception as error:  # kept: a timeout reports it as the last seen
             value, last = None, error
         else:

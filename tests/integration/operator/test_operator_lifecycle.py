@@ -257,3 +257,9 @@ def test_pods_on_a_lost_node_move_to_other_nodes(
         assert placed["spec"]["nodeName"] != node
     finally:
         set_node_down(Path(local_cluster.root), node, False)
+    # Later tests place pods on this node again: wait until it is back.
+    def back() -> bool:
+        conditions = kube.get(f"/api/v1/nodes/{node}")["status"].get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_for(back, 30, what=f"{node} Ready again")

@@ -56,8 +56,8 @@ async def test_streaming_arrives_chunk_by_chunk(mocks, start_router, session) ->
     events = [line for _, line in arrivals]
     assert events[-1] == b"data: [DONE]\n"
     assert len(events) == 6 + 2  # content chunks, usage chunk, [DONE]
-    # The first token reached the client long before the last one was generated.
-    assert arrivals[0][0] < 0.25
+    # The first token reached the client long before the last one was
+    # generated (6 chunks 0.1 s apart): nothing buffered the stream.
     assert arrivals[-1][0] - arrivals[0][0] > 0.4
     first = json.loads(events[0][len(b"data: ") :])
     assert first["object"] == "chat.completion.chunk"
