@@ -95,7 +95,11 @@ async def on_inference_service_event(
     _wakeup(memo, (namespace or "", name)).set()
 
 
-@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, id="reconcile", cancellation_timeout=10)
+# kopf's DaemonFn protocol lists only its own keyword arguments, not the
+# indexes it also passes by name; hence the one ignore.
+@kopf.daemon(  # type: ignore[arg-type]
+    c.GROUP, c.VERSION, c.PLURAL, id="reconcile", cancellation_timeout=10
+)
 async def reconcile_inference_service(
     *,
     name: str,
@@ -103,12 +107,12 @@ async def reconcile_inference_service(
     body: kopf.Body,
     memo: Any,
     stopped: kopf.DaemonStopped,
-    **kwargs: Any,
+    # kopf passes every index as a keyword argument named after its function.
+    pods_by_service: kopf.Index[Key, PodInfo],
+    nodes_by_name: kopf.Index[str, NodeInfo],
+    **_: Any,
 ) -> None:
     ctx: OperatorContext = memo["ctx"]
-    # kopf passes every index as a keyword argument named after its function.
-    pods_by_service: kopf.Index[Key, PodInfo] = kwargs["pods_by_service"]
-    nodes_by_name: kopf.Index[str, NodeInfo] = kwargs["nodes_by_name"]
     key = (namespace or "", name)
     wake = _wakeup(memo, key)
 

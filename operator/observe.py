@@ -12,9 +12,6 @@ from typing import Any
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.exits import ExitCode
 
-ANNOTATION_FAILURES = f"{c.GROUP}/failures"
-ANNOTATION_DRAINING = f"{c.GROUP}/draining-since"
-ANNOTATION_REPLACES = f"{c.GROUP}/replaces"
 # With terminationMessagePolicy FallbackToLogsOnError the message can be
 # the tail of the logs; status shows its last line, shortened.
 MAX_REASON_CHARS = 200
@@ -146,8 +143,8 @@ def observe_pod(body: dict[str, Any]) -> PodInfo:
         unschedulable_message=unschedulable,
         termination_message=message,
         exit_code=exit_code,
-        failures=_int_or_none(annotations.get(ANNOTATION_FAILURES)) or 0,
-        draining_since=parse_time(annotations.get(ANNOTATION_DRAINING)),
+        failures=_int_or_none(annotations.get(c.ANNOTATION_FAILURES)) or 0,
+        draining_since=parse_time(annotations.get(c.ANNOTATION_DRAINING)),
         has_gpu=_requests_gpu(spec),
     )
 

@@ -41,7 +41,7 @@ from kubeinfer.operator.builders.routing import build_routes_configmap, build_ro
 from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
-from kubeinfer.operator.observe import ANNOTATION_DRAINING, NodeInfo, PodInfo, format_time
+from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
 from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile
 from kubeinfer.operator.routerstats import fetch_router_stats
 from kubeinfer.operator.vram import GpuNode, vram_warnings
@@ -160,7 +160,7 @@ async def _act_on_pods(
     """Drains, then deletes, then creates; each group concurrently (a
     service of 8 replicas is 8 round trips at once, not one after another)."""
     meta = isvc.metadata
-    patch = {"metadata": {"annotations": {ANNOTATION_DRAINING: format_time(now)}}}
+    patch = {"metadata": {"annotations": {c.ANNOTATION_DRAINING: format_time(now)}}}
 
     async def drain(name: str) -> None:
         try:

@@ -30,6 +30,11 @@ MANAGED_BY: Final = "kubeinfer-operator"
 
 # Manual rollout control (see docs/rollouts.md).
 ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
+# On worker pods: how many failed pods of this replica came before it (the
+# replacement backoff), the pod it replaces, and when its drain began.
+ANNOTATION_FAILURES: Final = f"{GROUP}/failures"
+ANNOTATION_REPLACES: Final = f"{GROUP}/replaces"
+ANNOTATION_DRAINING: Final = f"{GROUP}/draining-since"
 
 # Container images. The local runtime (tests/localcluster) recognises these
 # repositories (any tag) and runs the matching console script for them.

@@ -26,11 +26,6 @@ def router_name(service: str) -> str:
     return f"{service}-router"
 
 
-def service_labels(service: str) -> dict[str, str]:
-    """The labels that select everything of one InferenceService."""
-    return {c.LABEL_SERVICE: service}
-
-
 def component_labels(service: str, component: str) -> dict[str, str]:
     return {
         c.LABEL_NAME: "kubeinfer",

@@ -322,9 +322,9 @@ def build_worker_pod(
         ]
     annotations = {}
     if replaces:
-        annotations[f"{c.GROUP}/replaces"] = replaces
+        annotations[c.ANNOTATION_REPLACES] = replaces
     if failures:
-        annotations[f"{c.GROUP}/failures"] = str(failures)
+        annotations[c.ANNOTATION_FAILURES] = str(failures)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

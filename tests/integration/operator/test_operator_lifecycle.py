@@ -27,6 +27,7 @@ from kubeinfer.localcluster.operator_fixtures import (
 )
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.waiting import wait_for
+from kubeinfer.operator.api import constants as c
 
 pytestmark = pytest.mark.cluster
 
@@ -133,8 +134,8 @@ def test_gpu_fault_replaces_the_pod_and_says_why(
     assert any("GPU" in m and "Xid" in m for _, m in reasons), reasons
     replacement = kube.get(f"/api/v1/namespaces/{namespace}/pods/{second}")
     annotations = replacement["metadata"]["annotations"]
-    assert annotations["kubeinfer.io/replaces"] == first
-    assert annotations["kubeinfer.io/failures"] == "1"
+    assert annotations[c.ANNOTATION_REPLACES] == first
+    assert annotations[c.ANNOTATION_FAILURES] == "1"
     wait_condition(kube, namespace, "faulty", "Ready", timeout=60)
 
 
@@ -249,7 +250,7 @@ def test_pods_on_a_lost_node_move_to_other_nodes(
         replacement = next(
             p
             for p in worker_pods(kube, namespace, "mover")
-            if p["metadata"].get("annotations", {}).get("kubeinfer.io/replaces")
+            if p["metadata"].get("annotations", {}).get(c.ANNOTATION_REPLACES)
             == lost["metadata"]["name"]
         )
         wait_condition(kube, namespace, "mover", "Ready", timeout=60)

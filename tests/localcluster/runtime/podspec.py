@@ -53,11 +53,6 @@ def is_runtime_pod(pod: Pod) -> bool:
     return any(image_repository(c.get("image", "")) for c in containers)
 
 
-def pod_key(pod: Pod) -> str:
-    meta = pod["metadata"]
-    return f"{meta['namespace']}/{meta['name']}"
-
-
 def expand_references(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: known names expand, $$ escapes, others stay as written."""
     out: list[str] = []
