@@ -37,7 +37,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from cluster import (
 )
 from kubeinfer.localcluster import controlplane
 from kubeinfer.localcluster.failures import admin_client
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.state import ClusterState
 from procstat import Sampler
 from profiling import PySpy, summarise
@@ -78,12 +78,6 @@ SCALE_NAMESPACE = "bench-scale"
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,8 +30,9 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.realvllm.env import ensure_tiny_model, ensure_vllm_env
-from kubeinfer.localcluster.realvllm.server import SERVED_NAME, VllmServer, free_port
+from kubeinfer.localcluster.realvllm.server import SERVED_NAME, VllmServer
 
 HOST = "127.0.0.1"
 MAX_TOKENS = 32

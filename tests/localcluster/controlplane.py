@@ -13,7 +13,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from kubeinfer.localcluster.client import KubeClient, KubeError
 from kubeinfer.localcluster.health import StartupError, http_ok, tail, wait_until
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from kubeinfer.localcluster.kwok_stages import write_kwok_config
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.procs import pid_alive, signal_group, spawn, stop_group
 from kubeinfer.localcluster.runtime.records import sweep_pod_processes
 from kubeinfer.localcluster.state import (
@@ -53,14 +53,8 @@ _STOP_ORDER = ("runtime", "kwok", "kube-scheduler", "kube-controller-manager",
 _STARTUP_TIMEOUT = 90.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((comp.LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 def _ports() -> comp.Ports:
-    return comp.Ports(*(_free_port() for _ in range(6)))
+    return comp.Ports(*(free_port() for _ in range(6)))
 
 
 class _Starter:

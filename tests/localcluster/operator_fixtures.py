@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -27,6 +26,7 @@ import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.waiting import GiveUpError, wait_for
 from kubeinfer.operator.api import constants as c
@@ -38,12 +38,6 @@ from kubeinfer.operator.rbac import (
 )
 
 OPERATOR_NAMESPACE = "kubeinfer-system"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def isvc_path(namespace: str, name: str | None = None) -> str:
@@ -108,8 +102,8 @@ class OperatorProcess:
         assert binary, "kubeinfer-operator is not installed in this virtualenv"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), c.ENV_BIND_HOST: "127.0.0.1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.health_port = _free_port()
-        ports = ["--health-port", str(self.health_port), "--metrics-port", str(_free_port())]
+        self.health_port = free_port()
+        ports = ["--health-port", str(self.health_port), "--metrics-port", str(free_port())]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [binary, "--resync-seconds", "2", *ports],

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.realvllm import rawhttp
 from kubeinfer.localcluster.realvllm.env import VllmEnv
-from kubeinfer.localcluster.realvllm.server import VllmServer, free_port
+from kubeinfer.localcluster.realvllm.server import VllmServer
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kubeinfer.localcluster.realvllm.server import MAX_MODEL_LEN, SERVED_NAME, VllmServer, free_port
+from kubeinfer.localcluster.ports import free_port
+from kubeinfer.localcluster.realvllm.server import MAX_MODEL_LEN, SERVED_NAME, VllmServer
 from kubeinfer.localcluster.waiting import async_wait_for
 
 HOST = "127.0.0.1"

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.realvllm.env import VllmEnv
-from kubeinfer.localcluster.realvllm.server import SERVED_NAME, cpu_engine_env, free_port
+from kubeinfer.localcluster.realvllm.server import SERVED_NAME, cpu_engine_env
 
 WORKER_BIN = Path(sys.executable).parent / "kubeinfer-worker"
 HOST = "127.0.0.1"

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import async_wait_for
-from routerhelpers import HOST, free_port, make_table
+from routerhelpers import HOST, make_table
 
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
 

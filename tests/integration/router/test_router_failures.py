@@ -9,9 +9,10 @@ import json
 import time
 
 import aiohttp
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.router.pool import EjectionPolicy
-from routerhelpers import HOST, free_port, make_table, run_load
+from routerhelpers import HOST, make_table, run_load
 
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
 

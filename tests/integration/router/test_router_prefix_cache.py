@@ -15,8 +15,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import async_wait_for
-from routerhelpers import HOST, free_port
+from routerhelpers import HOST
 
 WORKERS = 4
 PROMPTS = 4

@@ -13,10 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.operator.analysis import judge_canary, parse_router_stats
 from kubeinfer.operator.api import AnalysisSpec
 from kubeinfer.router.pool import EjectionPolicy
-from routerhelpers import HOST, RouterUnderTest, free_port, make_table
+from routerhelpers import HOST, RouterUnderTest, make_table
 
 STREAM = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "stream": True}
 

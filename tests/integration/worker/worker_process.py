@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubeinfer.localcluster.ports import free_port
+
 REPO = Path(__file__).parents[3]
 FIXTURES = REPO / "tests" / "fixtures" / "vllm-0.32.0"
 WORKER_BIN = Path(sys.executable).parent / "kubeinfer-worker"
@@ -27,12 +29,6 @@ START_DEADLINE_S = 30.0
 
 TINY_MODEL = {"name": "tiny", "source": "org/tiny", "engineArgs": {"maxModelLen": 512}}
 FAST = {"ttftMs": 1, "tpotMs": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

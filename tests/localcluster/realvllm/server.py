@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.realvllm.env import VllmEnv
 
 SERVED_NAME = "tiny"
@@ -46,12 +46,6 @@ def cpu_engine_env(env: VllmEnv, base: Mapping[str, str]) -> dict[str, str]:
     # the repository root our operator/ folder would shadow the stdlib.
     out.setdefault("PYTHONSAFEPATH", "1")
     return out
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def tiny_model_args(model: Path) -> list[str]:
