@@ -10,22 +10,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Strict editable installs use a link tree under build/; mypy reads the
 # package from there (it can't follow setuptools' import hooks).
-LINKTREE = $(wildcard build/__editable__.kubeinfer-*)
+# Two distributions: the product (kubeinfer) and the local cluster with the
+# test support (kubeinfer-localcluster, tests/localcluster/pyproject.toml).
+LINKTREE = $(subst $(eval) ,:,$(wildcard build/__editable__.kubeinfer-* tests/localcluster/build/__editable__.kubeinfer_localcluster-*))
 PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' 2>/dev/null)
 
 .PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build prereqs
 
 install: $(VENV)/.deps $(VENV)/.src
 
-$(VENV)/.deps: pyproject.toml
+$(VENV)/.deps: pyproject.toml tests/localcluster/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	$(BIN)/pip install -q -e tests/localcluster --config-settings editable_mode=strict
 	@touch $@
 
 # A strict editable install links files, so new modules need a re-link.
 $(VENV)/.src: $(VENV)/.deps $(PY_SOURCES)
 	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=strict
+	$(BIN)/pip install -q --no-deps -e tests/localcluster --config-settings editable_mode=strict
 	@touch $@
 
 lint: install
@@ -33,7 +37,7 @@ lint: install
 	$(BIN)/lint-imports
 
 typecheck: install
-	MYPYPATH=$(LINKTREE) $(BIN)/mypy -p kubeinfer
+	MYPYPATH=$(LINKTREE) $(BIN)/mypy -p kubeinfer.operator -p kubeinfer.router -p kubeinfer.worker -p kubeinfer.localcluster
 
 # Everything generated from the API models and rbac.py (drift tests check each).
 crds: install
@@ -68,4 +72,4 @@ demo: cluster-build
 	$(BIN)/kubeinfer demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info tests/localcluster/build tests/localcluster/*.egg-info

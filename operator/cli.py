@@ -6,23 +6,29 @@ Subcommands dispatch to the module that owns them, imported lazily so that
 
 import argparse
 import sys
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+
+# Commands that other distributions add (the local cluster adds `cluster`
+# and `demo`): found by entry point, never imported by the product.
+COMMANDS_GROUP = "kubeinfer.commands"
+
+
+def plugin_commands() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "cluster":
-        from kubeinfer.localcluster.cli import main as cluster_main
-
-        return cluster_main(args[1:])
-    if args and args[0] == "demo":
-        from kubeinfer.localcluster.demo import main as demo_main
-
-        return demo_main(args[1:])
+    plugins = plugin_commands()
+    if args and args[0] in plugins:
+        command: Callable[[list[str]], int] = plugins[args[0]].load()
+        return command(args[1:])
     parser = argparse.ArgumentParser(prog="kubeinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("cluster", help="the local control plane: up|down|status|env|build")
-    sub.add_parser("demo", help="the whole product on the local control plane (make demo)")
+    for name, ep in sorted(plugins.items()):
+        sub.add_parser(name, help=f"from {ep.dist.name if ep.dist else ep.value}")
     crds = sub.add_parser("crds", help="write the CRD YAML generated from the API models")
     crds.add_argument("--out", default="crds/", help="folder to write into")
     docs = sub.add_parser("docs", help="write the API field reference generated from the models")

@@ -130,7 +130,7 @@ class Mocks:
 
     def __init__(self, n: int, *args: str) -> None:
         self.ports = [free_port() for _ in range(n)]
-        argv = [sys.executable, "-P", "-m", "kubeinfer.router.mockbackend", *args]
+        argv = [sys.executable, "-P", "-m", "kubeinfer.localcluster.mockbackend", *args]
         for p in self.ports:
             argv += ["--port", str(p)]
         self.proc = subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.DEVNULL)

@@ -12,11 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kubeinfer.localcluster.mockbackend import MockBackend, MockConfig, serve
 from kubeinfer.localcluster.ports import free_port
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.router.app import Router
 from kubeinfer.router.config import Settings
-from kubeinfer.router.mockbackend import MockBackend, MockConfig, serve
 from routerhelpers import HOST, MockProcess, RouterUnderTest
 
 

@@ -54,7 +54,7 @@ class MockProcess:
                 sys.executable,
                 "-P",
                 "-m",
-                "kubeinfer.router.mockbackend",
+                "kubeinfer.localcluster.mockbackend",
                 "--port",
                 str(port),
                 *args,

@@ -368,7 +368,7 @@ async def test_https_backend_certificates_are_verified(start_router, session, tm
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    from kubeinfer.router.mockbackend import MockConfig, serve
+    from kubeinfer.localcluster.mockbackend import MockConfig, serve
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-signed")])

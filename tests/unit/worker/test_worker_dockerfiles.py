@@ -109,6 +109,38 @@ def test_tests_run_the_vllm_release_of_the_images() -> None:
     assert f"Version: {release}+cpu" in cpu
 
 
+# What an image may carry: the product's sources and its packaging.
+PRODUCT_PATHS = {"pyproject.toml", "README.md", "operator/", "router/", "worker-image/agent/"}
+
+
+def test_images_copy_only_product_code(image: str) -> None:
+    path = DOCKERFILES[image]
+    sources = {
+        source
+        for keyword, rest in instructions(path)
+        if keyword == "COPY" and not rest.startswith("--from")
+        for source in rest.split()[:-1]
+    }
+    assert sources, "an image copies the product"
+    assert sources <= PRODUCT_PATHS, sources - PRODUCT_PATHS
+    context = path.with_name(path.name + ".dockerignore").read_text().splitlines()
+    admitted = {line.removeprefix("!") for line in context if line.startswith("!")}
+    assert admitted <= PRODUCT_PATHS, admitted - PRODUCT_PATHS
+
+
+def test_the_product_distribution_has_no_local_cluster_or_tests() -> None:
+    """What `pip install .` (every image does it) would install."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]
+    folders = project["tool"]["setuptools"]["package-dir"].values()
+    assert packages
+    assert not [p for p in packages if p.startswith("kubeinfer.localcluster")]
+    assert not [f for f in folders if f.startswith(("tests", "bench"))]
+    assert "kubeinfer.localcluster" not in str(project["project"].get("scripts", {}))
+
+
 def test_every_dockerfile_has_its_build_context() -> None:
     for path in DOCKERFILES.values():
         ignore = path.with_name(path.name + ".dockerignore")

@@ -19,7 +19,7 @@ cheap that a benchmark measures the router, not the backend:
   ``error-event`` (halfway, vLLM's error event for a dead engine, then
   ``[DONE]``).
 
-Run one process with several ports: ``python -m kubeinfer.router.mockbackend
+Run one process with several ports: ``python -m kubeinfer.localcluster.mockbackend
 --port 9001 --port 9002 --delay 0.01 --slots 4``.
 """
 

@@ -1,6 +1,6 @@
 """How fast is the simulated engine? (Not a test: prints numbers.)
 
-    .venv/bin/python -P worker-image/bench/simulated_engine.py
+    .venv/bin/python -P bench/worker/simulated_engine.py
 
 Starts `python -m kubeinfer.worker.simulated` alone on 127.0.0.1 and
 drives it with a minimal keep-alive HTTP/1.1 client (raw sockets, so the
