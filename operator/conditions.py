@@ -16,15 +16,9 @@ from kubeinfer.operator.api.status import (
 )
 from kubeinfer.operator.builders.worker import startup_budget_seconds
 from kubeinfer.operator.observe import PodInfo, format_time
+from kubeinfer.operator.rollout import IN_ROLLOUT
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
-_ROLLING = (
-    RolloutPhase.PROGRESSING,
-    RolloutPhase.ANALYSING,
-    RolloutPhase.PAUSED,
-    RolloutPhase.PROMOTING,
-    RolloutPhase.ROLLING_BACK,
-)
 
 
 def set_condition(
@@ -104,7 +98,7 @@ def summarise(
         for p in live
         if not p.ready and p.name not in failed and now - (p.created_at or now) < budget
     ]
-    if phase in _ROLLING:
+    if phase in IN_ROLLOUT:
         put(ConditionType.PROGRESSING, T, phase.value, status.rollout.message)
     elif starting:
         put(ConditionType.PROGRESSING, T, "Starting", f"{len(starting)} worker pods starting")
@@ -130,7 +124,7 @@ def summarise(
             "ReplacingFailedPods",
             f"{len(failed)} failed: {name}: {reason}",
         )
-    elif len(serving) < n and phase not in _ROLLING and not plan_busy and not starting:
+    elif len(serving) < n and phase not in IN_ROLLOUT and not plan_busy and not starting:
         put(ConditionType.DEGRADED, T, "WorkersNotReady", f"{len(serving)}/{n} workers ready")
     else:
         put(ConditionType.DEGRADED, F, "AsExpected", "")
@@ -144,7 +138,7 @@ def summarise(
             "CanaryFailed",
             f"revision {status.rollout.failed_revision} rolled back: {detail}",
         )
-    elif condition(status, ConditionType.ROLLED_BACK) is None or phase in _ROLLING:
+    elif condition(status, ConditionType.ROLLED_BACK) is None or phase in IN_ROLLOUT:
         put(ConditionType.ROLLED_BACK, F, "NoRollback", "")
 
     ready = condition(status, ConditionType.READY)

@@ -21,6 +21,7 @@ from kubeinfer.operator.conditions import summarise
 from kubeinfer.operator.observe import NodeInfo, PodInfo, parse_time
 from kubeinfer.operator.replacement import classify_failure, failures_after, replace_at
 from kubeinfer.operator.rollout import (
+    RESUME_COMMAND,
     RevisionCounts,
     World,
     apply_transition,
@@ -292,8 +293,10 @@ def plan_reconcile(
         plan.busy()
     elif verdict is not None:
         status.rollout.message = verdict.message
-    plan.clear_command = command in ("promote", "abort") and (
-        trigger is not None or status.canary_revision is None
+    # One-shot commands are consumed once acted on (or when there is no
+    # rollout for them); `pause` is a level and stays.
+    plan.clear_command = command == RESUME_COMMAND or (
+        command in ("promote", "abort") and (trigger is not None or status.canary_revision is None)
     )
     plan.weights = effective_weights(isvc.spec, status, world.counts)
     _plan_pods(isvc, plan, obs, failed, revision)

@@ -36,7 +36,8 @@ class Trigger(StrEnum):
     STEP_READY = "StepReady"  # the canary pods of this step are in place and ready
     STEP_PASSED = "StepPassed"  # analysis passed, more steps to go
     CANARY_PASSED = "CanaryPassed"  # analysis passed at the last step
-    STEP_FAILED = "StepFailed"  # analysis failed
+    STEP_FAILED = "StepFailed"  # analysis failed (autoRollback on)
+    STEP_FAILED_HELD = "StepFailedHeld"  # analysis failed with autoRollback off
     PROMOTED = "Promoted"  # the old revision's pods are gone
     ROLLED_BACK = "RolledBack"  # the canary's pods are gone
     PAUSE = "Pause"  # kubeinfer.io/rollout: pause
@@ -45,22 +46,37 @@ class Trigger(StrEnum):
     ABORT = "Abort"  # kubeinfer.io/rollout: abort
 
 
-_ROLLING = (P.PROGRESSING, P.ANALYSING, P.PAUSED)
+# The canary moves step by step and takes commands (pause, promote, abort).
+STEPPING = (P.PROGRESSING, P.ANALYSING, P.PAUSED)
+# A rollout is under way (the Progressing condition is True): stepping, or
+# finishing one way or the other.
+IN_ROLLOUT = (*STEPPING, P.PROMOTING, P.ROLLING_BACK)
 
 TRANSITIONS: dict[tuple[RolloutPhase, Trigger], RolloutPhase] = {
     **{(p, Trigger.NEW_REVISION): P.PROGRESSING for p in RolloutPhase},
-    **{(p, Trigger.REVERTED): P.IDLE for p in (*_ROLLING, P.ROLLING_BACK, P.PROMOTING)},
+    **{(p, Trigger.REVERTED): P.IDLE for p in IN_ROLLOUT},
     (P.PROGRESSING, Trigger.STEP_READY): P.ANALYSING,
     (P.ANALYSING, Trigger.STEP_PASSED): P.PROGRESSING,
     (P.ANALYSING, Trigger.CANARY_PASSED): P.PROMOTING,
     (P.ANALYSING, Trigger.STEP_FAILED): P.ROLLING_BACK,
+    (P.ANALYSING, Trigger.STEP_FAILED_HELD): P.PAUSED,
     (P.PROMOTING, Trigger.PROMOTED): P.IDLE,
     (P.ROLLING_BACK, Trigger.ROLLED_BACK): P.FAILED,
     (P.PROGRESSING, Trigger.PAUSE): P.PAUSED,
     (P.ANALYSING, Trigger.PAUSE): P.PAUSED,
     (P.PAUSED, Trigger.RESUME): P.PROGRESSING,
-    **{(p, Trigger.MANUAL_PROMOTE): P.PROMOTING for p in _ROLLING},
-    **{(p, Trigger.ABORT): P.ROLLING_BACK for p in _ROLLING},
+    **{(p, Trigger.MANUAL_PROMOTE): P.PROMOTING for p in STEPPING},
+    **{(p, Trigger.ABORT): P.ROLLING_BACK for p in STEPPING},
+}
+
+# The kubeinfer.io/rollout annotation's commands; the table says in which
+# phases each applies. While paused, any other value (or none) resumes,
+# except after a failed step (autoRollback off), which waits for `resume`.
+RESUME_COMMAND = "resume"
+COMMANDS: dict[str, Trigger] = {
+    "pause": Trigger.PAUSE,
+    "promote": Trigger.MANUAL_PROMOTE,
+    "abort": Trigger.ABORT,
 }
 
 
@@ -145,16 +161,20 @@ def effective_weights(
     return {stable: 100 - canary_weight, canary: canary_weight}
 
 
-def _command_trigger(phase: RolloutPhase, command: str | None) -> Trigger | None:
-    if command == "abort" and phase in _ROLLING:
-        return Trigger.ABORT
-    if command == "promote" and phase in _ROLLING:
-        return Trigger.MANUAL_PROMOTE
-    if command == "pause" and phase in (P.PROGRESSING, P.ANALYSING):
-        return Trigger.PAUSE
-    if command != "pause" and phase is P.PAUSED:
-        return Trigger.RESUME
-    return None
+def held_by_analysis(status: InferenceServiceStatus) -> bool:
+    """Paused because a step failed with autoRollback off: only a person's
+    command (resume, promote, abort) moves it, not a missing annotation."""
+    last = status.rollout.last_analysis
+    return status.rollout.phase is P.PAUSED and last is not None and last.passed is False
+
+
+def _command_trigger(status: InferenceServiceStatus, command: str | None) -> Trigger | None:
+    phase = status.rollout.phase
+    trigger = COMMANDS.get(command or "")
+    resumes = command == RESUME_COMMAND or not held_by_analysis(status)
+    if trigger is None and phase is P.PAUSED and resumes:
+        trigger = Trigger.RESUME
+    return trigger if trigger is not None and (phase, trigger) in TRANSITIONS else None
 
 
 def _progress_trigger(world: World, status: InferenceServiceStatus) -> Trigger | None:
@@ -168,7 +188,11 @@ def _progress_trigger(world: World, status: InferenceServiceStatus) -> Trigger |
             return Trigger.STEP_READY
     if phase is P.ANALYSING and world.verdict is not None and world.verdict.passed is not None:
         if not world.verdict.passed:
-            return Trigger.STEP_FAILED
+            return (
+                Trigger.STEP_FAILED
+                if world.spec.rollout.auto_rollback
+                else Trigger.STEP_FAILED_HELD
+            )
         last = status.rollout.step >= len(world.spec.rollout.steps) - 1
         return Trigger.CANARY_PASSED if last else Trigger.STEP_PASSED
     if phase is P.PROMOTING and canary is not None:
@@ -192,7 +216,7 @@ def detect_trigger(world: World, status: InferenceServiceStatus) -> Trigger | No
             return Trigger.REVERTED
     elif target != status.canary_revision and target != status.rollout.failed_revision:
         return Trigger.NEW_REVISION
-    return _command_trigger(phase, world.command) or _progress_trigger(world, status)
+    return _command_trigger(status, world.command) or _progress_trigger(world, status)
 
 
 @dataclass(frozen=True)
@@ -263,11 +287,14 @@ def apply_transition(
             assert world.verdict is not None
             event_type = "Warning"
             message = f"canary {status.canary_revision} failed: {world.verdict.message}"
-            if not world.spec.rollout.auto_rollback:
-                after = P.PAUSED
-                message += "; paused (autoRollback is off)"
-            else:
-                ro.failed_revision = status.canary_revision
+            ro.failed_revision = status.canary_revision
+        case Trigger.STEP_FAILED_HELD:
+            assert world.verdict is not None
+            event_type = "Warning"
+            message = (
+                f"canary {status.canary_revision} failed: {world.verdict.message}; "
+                "paused (autoRollback is off)"
+            )
         case Trigger.PROMOTED:
             assert status.canary_revision is not None
             message = f"revision {status.canary_revision} promoted to stable"
@@ -291,6 +318,7 @@ def apply_transition(
         Trigger.STEP_PASSED,
         Trigger.CANARY_PASSED,
         Trigger.STEP_FAILED,
+        Trigger.STEP_FAILED_HELD,
     ):
         ro.last_analysis = AnalysisResult(
             step=ro.step,

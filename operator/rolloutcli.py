@@ -103,8 +103,9 @@ async def _run(args: argparse.Namespace) -> str:
                 c.KIND, args.namespace, args.name, undo_patch(obj, args.to_revision)
             )
             return f"inferenceservice {args.name} rolled back (the restored revision rolls out)\n"
-        value = None if args.action == "resume" else args.action
-        patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: value}}}
+        # Every action is an annotation value; `resume` is consumed by the
+        # operator, and also releases a rollout held by a failed step.
+        patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: args.action}}}
         await kube.merge_patch(c.KIND, args.namespace, args.name, patch)
         return f"inferenceservice {args.name}: {args.action} requested\n"
     finally:

@@ -213,3 +213,52 @@ def test_canary_weight_follows_ready_capacity() -> None:
     world.pods[first.name] = first.__class__(**{**first.__dict__, "ready": True})
     world.reconcile()
     assert world.status["canaryWeight"] == 12  # 50 % x 1/4 of the canary pods ready
+
+
+def test_bad_canary_with_auto_rollback_off_pauses_and_waits_for_a_person() -> None:
+    world = SimWorld({**base_spec(), "rollout": {"autoRollback": False}})
+    world.settle()
+    stable = world.revision
+    canary = new_model(world, "org/broken-7b")
+    world.reconcile()
+    world.make_ready()
+    world.reconcile()
+    world.serve(canary, 20, errors=10)
+    world.reconcile()
+    # Held, not rolled back: the canary keeps its pods, nothing is marked failed.
+    assert phase(world) is P.PAUSED
+    assert world.status["rollout"]["message"].endswith("; paused (autoRollback is off)")
+    assert world.status["rollout"].get("failedRevision") is None
+    assert world.status["rollout"]["lastAnalysis"]["passed"] is False
+    assert world.pods_of(canary) != []
+    # Held until a person acts: time passing or a missing annotation does not resume it.
+    world.tick(100)
+    world.reconcile()
+    assert phase(world) is P.PAUSED
+    # `resume` re-analyses the step (and is consumed); it fails again.
+    world.annotations["kubeinfer.io/rollout"] = "resume"
+    world.reconcile()
+    assert "kubeinfer.io/rollout" not in world.annotations
+    assert phase(world) is P.PROGRESSING
+    world.reconcile()
+    world.serve(canary, 20, errors=10)
+    world.reconcile()
+    assert phase(world) is P.PAUSED
+    # A person decides: abort rolls back and marks the revision failed.
+    world.annotations["kubeinfer.io/rollout"] = "abort"
+    world.reconcile()
+    assert phase(world) is P.ROLLING_BACK
+    world.settle(serve=False)
+    assert phase(world) is P.FAILED
+    assert world.status["rollout"]["failedRevision"] == canary
+    assert len(world.pods_of(stable)) == 4
+
+
+def test_commands_apply_only_where_the_table_has_them() -> None:
+    world = SimWorld(base_spec())
+    world.settle()
+    # Idle: no rollout to pause, promote or abort; the annotation waits.
+    for command in ("pause", "promote", "abort"):
+        world.annotations["kubeinfer.io/rollout"] = command
+        world.reconcile()
+        assert phase(world) is P.IDLE, command
