@@ -5,6 +5,8 @@ Conditions change only when they change: ``set_condition`` keeps
 and anything that watches transitions see real transitions only.
 """
 
+from dataclasses import dataclass
+
 from kubeinfer.operator.api.resource import InferenceService
 from kubeinfer.operator.api.status import (
     Condition,
@@ -54,6 +56,90 @@ def condition(status: InferenceServiceStatus, kind: ConditionType) -> Condition 
     return next((c for c in status.conditions if c.type == kind.value), None)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the conditions are decided from, counted once."""
+
+    want: int  # spec.replicas
+    live: int  # worker pods not being deleted
+    serving: int  # ready, not failed, not draining
+    starting: int  # not ready yet, still within the start-up budget
+    unschedulable: list[PodInfo]
+    failed: dict[str, str]  # pod name -> why it is being replaced
+    routers_ok: bool
+    plan_busy: bool
+    phase: RolloutPhase
+
+
+Verdict = tuple[ConditionStatus, str, str]  # status, reason, message
+
+
+def ready_verdict(seen: Seen) -> Verdict:
+    if seen.want == 0:
+        return T, "ScaledToZero", "replicas is 0"
+    if seen.serving >= seen.want and seen.routers_ok:
+        return T, "AllReplicasReady", f"{seen.serving}/{seen.want} workers ready"
+    if not seen.routers_ok:
+        return F, "RouterNotReady", "no router pod is ready"
+    return F, "WorkersNotReady", f"{seen.serving}/{seen.want} workers ready"
+
+
+def progressing_verdict(seen: Seen, status: InferenceServiceStatus) -> Verdict:
+    if seen.phase in IN_ROLLOUT:
+        return T, seen.phase.value, status.rollout.message
+    if seen.starting:
+        return T, "Starting", f"{seen.starting} worker pods starting"
+    if seen.plan_busy or seen.live != seen.want:
+        return T, "Scaling", f"{seen.live} worker pods, want {seen.want}"
+    return F, "Stable", f"serving revision {status.stable_revision}"
+
+
+def degraded_verdict(seen: Seen, cpu_only: bool) -> Verdict:
+    if seen.unschedulable:
+        return (
+            T,
+            "Unschedulable" if cpu_only else "InsufficientGPU",
+            f"{len(seen.unschedulable)} of {seen.want} worker pods cannot be scheduled: "
+            f"{seen.unschedulable[0].unschedulable_message}",
+        )
+    if seen.failed:
+        name, reason = sorted(seen.failed.items())[0]
+        return T, "ReplacingFailedPods", f"{len(seen.failed)} failed: {name}: {reason}"
+    settled = seen.phase not in IN_ROLLOUT and not seen.plan_busy and not seen.starting
+    if seen.serving < seen.want and settled:
+        return T, "WorkersNotReady", f"{seen.serving}/{seen.want} workers ready"
+    return F, "AsExpected", ""
+
+
+def rolled_back_verdict(seen: Seen, status: InferenceServiceStatus) -> Verdict | None:
+    """None: leave the condition as it is (a rollback stays visible until
+    the next rollout starts)."""
+    if seen.phase is RolloutPhase.FAILED:
+        analysis = status.rollout.last_analysis
+        detail = analysis.message if analysis and analysis.passed is False else "aborted"
+        return (
+            T,
+            "CanaryFailed",
+            f"revision {status.rollout.failed_revision} rolled back: {detail}",
+        )
+    if condition(status, ConditionType.ROLLED_BACK) is None or seen.phase in IN_ROLLOUT:
+        return F, "NoRollback", ""
+    return None
+
+
+def phase_of(status: InferenceServiceStatus) -> Phase:
+    """The one word: Progressing over Degraded over Ready."""
+    for kind, phase in (
+        (ConditionType.PROGRESSING, Phase.PROGRESSING),
+        (ConditionType.DEGRADED, Phase.DEGRADED),
+        (ConditionType.READY, Phase.READY),
+    ):
+        found = condition(status, kind)
+        if found is not None and found.status is T:
+            return phase
+    return Phase.PENDING
+
+
 def summarise(
     isvc: InferenceService,
     status: InferenceServiceStatus,
@@ -66,89 +152,42 @@ def summarise(
 ) -> None:
     """Fill counts, conditions and phase of ``status`` from what was observed."""
     spec, generation = isvc.spec, isvc.metadata.generation
-    n = spec.replicas
     live = [p for p in obs_pods if not p.deleting]
     serving = [p for p in live if p.ready and p.name not in failed and p.draining_since is None]
     status.replicas = len(live)
     status.ready_replicas = len(serving)
     target = status.canary_revision or status.stable_revision
     status.updated_replicas = sum(1 for p in live if p.revision == target)
-    status.ready_text = f"{len(serving)}/{n}"
+    status.ready_text = f"{len(serving)}/{spec.replicas}"
     status.observed_generation = generation
 
-    def put(kind: ConditionType, value: ConditionStatus, reason: str, message: str) -> None:
+    budget = startup_budget_seconds(spec)
+    seen = Seen(
+        want=spec.replicas,
+        live=len(live),
+        serving=len(serving),
+        starting=sum(
+            1
+            for p in live
+            if not p.ready and p.name not in failed and now - (p.created_at or now) < budget
+        ),
+        unschedulable=[p for p in live if p.unschedulable_message],
+        failed=failed,
+        routers_ok=spec.routing.router_replicas == 0 or routers_ready > 0,
+        plan_busy=plan_busy,
+        phase=status.rollout.phase,
+    )
+
+    def put(kind: ConditionType, verdict: Verdict) -> None:
+        value, reason, message = verdict
         status.conditions = set_condition(
             status.conditions, kind, value, reason, message, now=now, generation=generation
         )
 
-    routers_ok = spec.routing.router_replicas == 0 or routers_ready > 0
-    if n == 0:
-        put(ConditionType.READY, T, "ScaledToZero", "replicas is 0")
-    elif len(serving) >= n and routers_ok:
-        put(ConditionType.READY, T, "AllReplicasReady", f"{len(serving)}/{n} workers ready")
-    elif not routers_ok:
-        put(ConditionType.READY, F, "RouterNotReady", "no router pod is ready")
-    else:
-        put(ConditionType.READY, F, "WorkersNotReady", f"{len(serving)}/{n} workers ready")
-
-    phase = status.rollout.phase
-    budget = startup_budget_seconds(spec)
-    starting = [
-        p
-        for p in live
-        if not p.ready and p.name not in failed and now - (p.created_at or now) < budget
-    ]
-    if phase in IN_ROLLOUT:
-        put(ConditionType.PROGRESSING, T, phase.value, status.rollout.message)
-    elif starting:
-        put(ConditionType.PROGRESSING, T, "Starting", f"{len(starting)} worker pods starting")
-    elif plan_busy or len(live) != n:
-        put(ConditionType.PROGRESSING, T, "Scaling", f"{len(live)} worker pods, want {n}")
-    else:
-        put(ConditionType.PROGRESSING, F, "Stable", f"serving revision {status.stable_revision}")
-
-    unschedulable = [p for p in live if p.unschedulable_message]
-    if unschedulable:
-        put(
-            ConditionType.DEGRADED,
-            T,
-            "Unschedulable" if spec.gpu.cpu_only else "InsufficientGPU",
-            f"{len(unschedulable)} of {n} worker pods cannot be scheduled: "
-            f"{unschedulable[0].unschedulable_message}",
-        )
-    elif failed:
-        name, reason = sorted(failed.items())[0]
-        put(
-            ConditionType.DEGRADED,
-            T,
-            "ReplacingFailedPods",
-            f"{len(failed)} failed: {name}: {reason}",
-        )
-    elif len(serving) < n and phase not in IN_ROLLOUT and not plan_busy and not starting:
-        put(ConditionType.DEGRADED, T, "WorkersNotReady", f"{len(serving)}/{n} workers ready")
-    else:
-        put(ConditionType.DEGRADED, F, "AsExpected", "")
-
-    analysis = status.rollout.last_analysis
-    if phase is RolloutPhase.FAILED:
-        detail = analysis.message if analysis and analysis.passed is False else "aborted"
-        put(
-            ConditionType.ROLLED_BACK,
-            T,
-            "CanaryFailed",
-            f"revision {status.rollout.failed_revision} rolled back: {detail}",
-        )
-    elif condition(status, ConditionType.ROLLED_BACK) is None or phase in IN_ROLLOUT:
-        put(ConditionType.ROLLED_BACK, F, "NoRollback", "")
-
-    ready = condition(status, ConditionType.READY)
-    degraded = condition(status, ConditionType.DEGRADED)
-    progressing = condition(status, ConditionType.PROGRESSING)
-    if progressing is not None and progressing.status is T:
-        status.phase = Phase.PROGRESSING
-    elif degraded is not None and degraded.status is T:
-        status.phase = Phase.DEGRADED
-    elif ready is not None and ready.status is T:
-        status.phase = Phase.READY
-    else:
-        status.phase = Phase.PENDING
+    put(ConditionType.READY, ready_verdict(seen))
+    put(ConditionType.PROGRESSING, progressing_verdict(seen, status))
+    put(ConditionType.DEGRADED, degraded_verdict(seen, spec.gpu.cpu_only))
+    rolled_back = rolled_back_verdict(seen, status)
+    if rolled_back is not None:
+        put(ConditionType.ROLLED_BACK, rolled_back)
+    status.phase = phase_of(status)
