@@ -19,11 +19,11 @@ from kubeinfer.operator.kube import KubeClient
 from kubeinfer.operator.metrics import EVENTS, RECONCILE_SECONDS, RECONCILES
 from kubeinfer.operator.observe import NodeInfo, PodInfo, observe_node, observe_pod
 from kubeinfer.operator.plan import Event
-from kubeinfer.operator.reconciler import OperatorContext, reconcile
+from kubeinfer.operator.reconciler import OperatorContext, reconcile, report_refusal
+from kubeinfer.operator.retry import refusal, retry_delay
 from kubernetes_asyncio.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
-ERROR_BACKOFF_SECONDS = 2.0
 Key = tuple[str, str]
 
 
@@ -120,6 +120,7 @@ async def reconcile_inference_service(
         EVENTS.labels(event.reason).inc()
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
+    failures = 0  # failed passes in a row
     while not stopped:
         wake.clear()
         nodes = {n: info for n, store in nodes_by_name.items() for info in store}
@@ -128,11 +129,23 @@ async def reconcile_inference_service(
             with RECONCILE_SECONDS.time():
                 delay = await reconcile(ctx, dict(body), pods=pods, nodes=nodes, emit=emit)
             RECONCILES.labels("ok").inc()
+            failures = 0
         except (ApiException, aiohttp.ClientError, TimeoutError) as error:
             RECONCILES.labels("error").inc()
-            # The API server or a router hiccuped; the next pass starts
-            # from what is observed then, so nothing is lost by retrying.
-            logger.warning("%s/%s: reconcile failed, retrying: %s", namespace, name, error)
-            delay = ERROR_BACKOFF_SECONDS
+            failures += 1
+            # The next pass starts from what is observed then, so nothing is
+            # lost by retrying; backing off spares an API server in trouble.
+            delay = retry_delay(failures)
+            refused = refusal(error.status, error.body) if isinstance(error, ApiException) else None
+            if refused is None:
+                logger.warning(
+                    "%s/%s: reconcile failed, retrying in %.0f s: %s",
+                    namespace, name, delay, error,
+                )  # fmt: skip
+            else:
+                # Retrying can't fix it until a person acts: say so once.
+                logger.warning("%s/%s: %s: %s", namespace, name, refused.reason, refused.message)
+                with contextlib.suppress(ApiException, aiohttp.ClientError, TimeoutError):
+                    await report_refusal(ctx, dict(body), refused, emit)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)

@@ -96,6 +96,12 @@ class KubeClient:
                 _preload_content=False,
             )
             raw = await result.read()
+            # Without preloading, the client returns every answer, errors
+            # included: the status must be checked here.
+            if not 200 <= result.status <= 299:
+                refused = ApiException(status=result.status, reason=result.reason)
+                refused.body = raw
+                raise refused
         except ApiException as error:
             if error.status == 404:
                 raise NotFoundError(path) from error

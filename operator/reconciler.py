@@ -16,7 +16,11 @@ from typing import Any
 
 import aiohttp
 from kubeinfer.operator.api import constants as c
-from kubeinfer.operator.api.resource import InferenceService, format_validation_error
+from kubeinfer.operator.api.resource import (
+    InferenceService,
+    InvalidSpecError,
+    parse_inference_service,
+)
 from kubeinfer.operator.api.routing import ROUTES_CONFIGMAP_KEY, routes_configmap_name
 from kubeinfer.operator.api.status import (
     ConditionStatus,
@@ -43,6 +47,7 @@ from kubeinfer.operator.conditions import set_condition
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
 from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile
+from kubeinfer.operator.retry import Refusal
 from kubeinfer.operator.routerstats import fetch_router_stats
 from kubeinfer.operator.vram import GpuNode, vram_warnings
 from pydantic import ValidationError
@@ -240,9 +245,9 @@ async def reconcile(
     """Reconcile one InferenceService; returns seconds until the next look."""
     now = time.time()
     try:
-        isvc = InferenceService.model_validate(latest_body(ctx.written, body))
-    except ValidationError as error:
-        await _report_invalid(ctx, body, format_validation_error(error), emit, now)
+        isvc = parse_inference_service(latest_body(ctx.written, body))
+    except InvalidSpecError as error:
+        await _report_invalid(ctx, body, str(error), emit, now)
         return ctx.resync_seconds
     service_pods = list(pods)
     for seen in service_pods:
@@ -313,3 +318,38 @@ async def _report_invalid(
         c.KIND, meta.get("namespace", ""), meta.get("name", ""), {"status": after}, sub="status"
     )
     emit(body, Event("Warning", "InvalidSpec", message))
+
+
+async def report_refusal(
+    ctx: OperatorContext, body: dict[str, Any], refused: Refusal, emit: EmitEvent
+) -> None:
+    """The API server refused what the operator asked (403: a permission it
+    lacks, a quota; 422: an object it refuses): Degraded with the API
+    server's words, and one Warning event when that is news. The next
+    successful pass recomputes the conditions from what it observes."""
+    now = time.time()
+    meta = body.get("metadata") or {}
+    try:
+        status = InferenceServiceStatus.model_validate(
+            latest_body(ctx.written, body).get("status") or {}
+        )
+    except ValidationError:
+        status = InferenceServiceStatus()
+    before = status.model_dump(mode="json", by_alias=True)
+    status.conditions = set_condition(
+        status.conditions,
+        ConditionType.DEGRADED,
+        ConditionStatus.TRUE,
+        refused.reason,
+        refused.message,
+        now=now,
+        generation=meta.get("generation"),
+    )
+    status.phase = Phase.DEGRADED
+    after = status.model_dump(mode="json", by_alias=True)
+    if before == after:
+        return
+    emit(body, Event("Warning", refused.reason, refused.message))
+    await ctx.kube.merge_patch(
+        c.KIND, meta.get("namespace", ""), meta.get("name", ""), {"status": after}, sub="status"
+    )

@@ -57,3 +57,15 @@ def parse_spec(spec: dict[str, Any]) -> InferenceServiceSpec:
         return InferenceServiceSpec.model_validate(spec)
     except ValidationError as error:
         raise InvalidSpecError(format_validation_error(error)) from error
+
+
+def parse_inference_service(body: dict[str, Any]) -> InferenceService:
+    """Validate a whole InferenceService as the API server returns it.
+
+    Raises:
+        InvalidSpecError: with every problem, in words a person understands.
+    """
+    try:
+        return InferenceService.model_validate(body)
+    except ValidationError as error:
+        raise InvalidSpecError(format_validation_error(error)) from error
