@@ -75,6 +75,9 @@ class OperatorContext:
     # delivers our own write, and planning on the older status would
     # repeat a transition (and its event).
     written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # When each service's routers were last asked for their workers' GPU
+    # reports (the inventory in status; see GPU_REFRESH_SECONDS).
+    gpu_read_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -131,6 +134,21 @@ async def _publish_table(ctx: OperatorContext, isvc: InferenceService, plan: Pla
     await ctx.kube.apply(build_routes_configmap(meta, table))
     ctx.generations[key] = table.generation
     ctx.tables[key] = content
+
+
+# GPU facts in status (memory in use, health) are refreshed this often; a
+# new pod without facts yet is asked for at every reconcile.
+GPU_REFRESH_SECONDS = 15.0
+
+
+def _gpu_report_due(
+    ctx: OperatorContext, isvc: InferenceService, workers: list[PodInfo], now: float
+) -> bool:
+    key = (isvc.metadata.namespace, isvc.metadata.name)
+    if now - ctx.gpu_read_at.get(key, 0.0) >= GPU_REFRESH_SECONDS:
+        return True
+    known = {r.pod for r in isvc.status.replica_statuses if r.gpu_uuid}
+    return any(p.ready and p.has_gpu and p.name not in known for p in workers)
 
 
 # After this long an unseen create is presumed lost and may be sent again.
@@ -252,7 +270,12 @@ async def reconcile(
     router_ips = [p.ip for p in routers if p.ready and p.ip and not p.deleting]
     draining = any(p.draining_since is not None for p in workers)
     analysing = isvc.status.rollout.phase is RolloutPhase.ANALYSING
-    stats = await fetch_router_stats(ctx.http, router_ips) if (analysing or draining) else None
+    gpus_due = _gpu_report_due(ctx, isvc, workers, now)
+    stats = None
+    if analysing or draining or gpus_due:
+        stats = await fetch_router_stats(ctx.http, router_ips)
+        if stats is not None:
+            ctx.gpu_read_at[(isvc.metadata.namespace, isvc.metadata.name)] = now
     observed = Observed(
         pods=workers,
         nodes=nodes,
@@ -260,6 +283,7 @@ async def reconcile(
         routers_ready=len(router_ips),
         now=now,
         warnings=vram_warnings(isvc.spec, _nodes_for_vram(nodes)) + cpu_memory_warnings(isvc.spec),
+        gpus=stats.gpus if stats else {},
     )
     plan = plan_reconcile(
         isvc,
