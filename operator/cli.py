@@ -1,7 +1,13 @@
-"""`kubeinfer`: the command-line entry point.
+"""kubeinfer: GPU inventory, placement preview, live view and rollout control.
 
-Subcommands dispatch to the module that owns them, imported lazily so that
-`kubeinfer crds` does not pay for a Kubernetes client.
+  kubectl kubeinfer gpus                  GPU nodes, who holds each GPU, health
+  kubectl kubeinfer preview -f FILE       what applying FILE would do (dry run)
+  kubectl kubeinfer top [NAME] [--once]   live per-worker load, latency and GPU
+  kubectl kubeinfer status NAME           replicas, revisions, canary, analysis
+  kubectl kubeinfer rollout ACTION NAME   pause|resume|promote|abort|undo
+
+kubectl's -n, -A, --context and --kubeconfig (or KUBECONFIG) are understood;
+-o table|json|yaml picks the output. `kubeinfer` is the same program.
 """
 
 import argparse
@@ -9,7 +15,12 @@ import sys
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def kubectl_main(argv: list[str] | None = None) -> int:
+    """`kubectl-kubeinfer`: kubectl runs it for `kubectl kubeinfer ...`."""
+    return main(argv, prog="kubectl kubeinfer")
+
+
+def main(argv: list[str] | None = None, prog: str = "kubeinfer") -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "cluster":
         from kubeinfer.localcluster.cli import main as cluster_main
@@ -19,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         from kubeinfer.localcluster.demo import main as demo_main
 
         return demo_main(args[1:])
-    parser = argparse.ArgumentParser(prog="kubeinfer", description=__doc__)
+    from kubeinfer.operator.clicommon import global_flags
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        parents=[global_flags()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("cluster", help="the local control plane: up|down|status|env|build")
     sub.add_parser("demo", help="the whole product on the local control plane (make demo)")
@@ -28,12 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     docs = sub.add_parser("docs", help="write the API field reference generated from the models")
     docs.add_argument("--out", default="docs/api.md", help="file to write ('-': stdout)")
     sub.add_parser("rbac", help="print the operator's ClusterRole YAML (the Helm chart ships it)")
-    from kubeinfer.operator import rolloutcli
+    from kubeinfer.operator import gpuscli, previewcli, rolloutcli, topcli
 
     rolloutcli.add_parsers(sub)
+    gpuscli.add_parser(sub)
+    previewcli.add_parser(sub)
+    topcli.add_parser(sub)
     parsed = parser.parse_args(args)
     if parsed.command in ("status", "rollout"):
         return rolloutcli.run(parsed)
+    if parsed.command == "gpus":
+        return gpuscli.run(parsed)
+    if parsed.command == "preview":
+        return previewcli.run(parsed)
+    if parsed.command == "top":
+        return topcli.run(parsed)
     if parsed.command == "crds":
         from kubeinfer.operator.crdgen import write_crds
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kubeinfer.operator.analysis import GpuFacts, RouterStats, Verdict, judge_canary
 from kubeinfer.operator.api.constants import ANNOTATION_ROLLOUT
 from kubeinfer.operator.api.resource import InferenceService
+from kubeinfer.operator.api.spec import InferenceServiceSpec
 from kubeinfer.operator.api.status import (
     GpuFault,
     GpuHealth,
@@ -22,6 +23,7 @@ from kubeinfer.operator.api.status import (
     RolloutPhase,
 )
 from kubeinfer.operator.builders.common import selector_string, worker_selector
+from kubeinfer.operator.builders.cpubackend import cpu_memory_warnings
 from kubeinfer.operator.builders.routing import RouteTarget
 from kubeinfer.operator.conditions import summarise
 from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time, parse_time
@@ -35,6 +37,7 @@ from kubeinfer.operator.rollout import (
     effective_weights,
     start,
 )
+from kubeinfer.operator.vram import GpuNode, vram_warnings
 
 # GPU faults kept in status (newest last).
 MAX_GPU_FAULTS = 20
@@ -93,6 +96,17 @@ class Observed:
     now: float
     warnings: list[str] = field(default_factory=list)
     gpus: dict[str, GpuFacts] = field(default_factory=dict)  # per pod, from the routers
+
+
+def spec_warnings(spec: InferenceServiceSpec, nodes: dict[str, NodeInfo]) -> list[str]:
+    """What status.warnings says about the spec on these nodes (model too
+    big for the GPUs, no such GPU, CPU worker memory)."""
+    gpu_nodes = [
+        GpuNode(n.name, n.gpu_product, n.gpu_memory_mib)
+        for n in nodes.values()
+        if n.gpu_product or n.gpu_memory_mib
+    ]
+    return vram_warnings(spec, gpu_nodes) + cpu_memory_warnings(spec)
 
 
 def _counts(pods: list[PodInfo], failed: dict[str, str]) -> dict[str, RevisionCounts]:
@@ -225,11 +239,15 @@ def _plan_pods(
             plan.busy()
 
 
-def _gpu_health(pod: PodInfo, facts: GpuFacts | None, failed: dict[str, str]) -> GpuHealth:
+def _gpu_health(
+    pod: PodInfo, facts: GpuFacts | None, old: ReplicaStatus | None, failed: dict[str, str]
+) -> GpuHealth:
     if pod.gpu_fault is not None or (facts is not None and not facts.healthy):
         return GpuHealth.FAULTED
-    if facts is None or pod.name in failed:
+    if pod.name in failed:
         return GpuHealth.UNKNOWN
+    if facts is None:
+        return old.gpu_health if old is not None and old.gpu_health else GpuHealth.UNKNOWN
     return GpuHealth.HEALTHY
 
 
@@ -242,7 +260,7 @@ def _gpu_fields(
         return {}
     facts = obs.gpus.get(pod.name)
     fields: dict[str, object] = {
-        "gpu_health": _gpu_health(pod, facts, failed),
+        "gpu_health": _gpu_health(pod, facts, old, failed),
         "gpu_fault": pod.gpu_fault or (facts.fault if facts else None),
     }
     if facts is not None:

@@ -26,7 +26,6 @@ from kubeinfer.operator.api.status import (
     RolloutPhase,
 )
 from kubeinfer.operator.builders.common import Images
-from kubeinfer.operator.builders.cpubackend import cpu_memory_warnings
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
 from kubeinfer.operator.builders.router import (
     build_router_deployment,
@@ -42,9 +41,8 @@ from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.observe import ANNOTATION_DRAINING, NodeInfo, PodInfo, format_time
-from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile
+from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile, spec_warnings
 from kubeinfer.operator.routerstats import fetch_router_stats
-from kubeinfer.operator.vram import GpuNode, vram_warnings
 from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -239,14 +237,6 @@ def latest_body(
     return {**body, "status": status}
 
 
-def _nodes_for_vram(nodes: dict[str, NodeInfo]) -> list[GpuNode]:
-    return [
-        GpuNode(n.name, n.gpu_product, n.gpu_memory_mib)
-        for n in nodes.values()
-        if n.gpu_product or n.gpu_memory_mib
-    ]
-
-
 async def reconcile(
     ctx: OperatorContext,
     body: dict[str, Any],
@@ -282,7 +272,7 @@ async def reconcile(
         stats=stats,
         routers_ready=len(router_ips),
         now=now,
-        warnings=vram_warnings(isvc.spec, _nodes_for_vram(nodes)) + cpu_memory_warnings(isvc.spec),
+        warnings=spec_warnings(isvc.spec, nodes),
         gpus=stats.gpus if stats else {},
     )
     plan = plan_reconcile(

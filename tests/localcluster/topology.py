@@ -30,6 +30,8 @@ LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
 LABEL_GPU_MEMORY = "nvidia.com/gpu.memory"
 LABEL_GPU_COUNT = "nvidia.com/gpu.count"
 LABEL_GPU_PRESENT = "nvidia.com/gpu.present"
+LABEL_GPU_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
+LABEL_GPU_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
 # KWOK manages nodes carrying this annotation (and only those).
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_ANNOTATION_VALUE = "fake"
@@ -45,6 +47,8 @@ class GpuSpec(_Model):
     product: str
     count: int = Field(ge=0)
     memory_mib: int = Field(alias="memoryMiB", ge=0)
+    # CUDA compute capability, "major.minor" (GFD's gpu.compute.* labels).
+    compute: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
 
 
 class Taint(_Model):
@@ -73,12 +77,14 @@ DEFAULT_TOPOLOGY = Topology(
         NodeGroup(
             name="gpu-h100",
             count=2,
-            gpu=GpuSpec(product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559),
+            gpu=GpuSpec(
+                product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559, compute="9.0"
+            ),
         ),
         NodeGroup(
             name="gpu-a400",
             count=1,
-            gpu=GpuSpec(product="NVIDIA-RTX-A400", count=2, memory_mib=4096),
+            gpu=GpuSpec(product="NVIDIA-RTX-A400", count=2, memory_mib=4096, compute="8.6"),
         ),
     ]
 )
@@ -139,6 +145,9 @@ def build_node(node: SimulatedNode) -> dict[str, Any]:
             LABEL_GPU_COUNT: str(group.gpu.count),
             LABEL_GPU_PRESENT: "true",
         }
+        if group.gpu.compute:
+            major, minor = group.gpu.compute.split(".")
+            labels |= {LABEL_GPU_COMPUTE_MAJOR: major, LABEL_GPU_COMPUTE_MINOR: minor}
         capacity[GPU_RESOURCE] = str(group.gpu.count)
     labels |= group.labels
     return {
