@@ -69,6 +69,20 @@ BAD = [
     ({"gpu": {"count": 0, "product": "NVIDIA-H100-80GB-HBM3"}}, NO_GPU_SELECTORS_MESSAGE),
     ({"gpu": {"count": 0, "minMemoryMiB": 40000}}, NO_GPU_SELECTORS_MESSAGE),
     ({"gpu": {"count": 0, "placement": "largest-first"}}, NO_GPU_LARGEST_FIRST_MESSAGE),
+    (
+        {
+            "gpu": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "m", "operator": "Gt", "values": ["x"]}]}
+                        ]
+                    }
+                }
+            }
+        },
+        "Gt and Lt take exactly one integer value",
+    ),
 ]
 
 

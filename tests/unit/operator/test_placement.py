@@ -125,8 +125,11 @@ def _state(n: dict[str, Any], pods: list[dict[str, Any]] | None = None) -> NodeS
                     "nodeAffinity": {
                         "requiredDuringSchedulingIgnoredDuringExecution": {
                             "nodeSelectorTerms": [
-                                {"matchExpressions": [{"key": "zone", "operator": "In",
-                                                       "values": ["a"]}]}
+                                {
+                                    "matchExpressions": [
+                                        {"key": "zone", "operator": "In", "values": ["a"]}
+                                    ]
+                                }
                             ]
                         }
                     }
