@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ class WorkerRow:
     in_flight: int = 0
     waiting: int | None = None
     requests: int = 0  # in the routers' window
+    total: int = 0  # since the routers started (for the live rate)
+    rate: float | None = None  # req/s between two refreshes (live view)
     window_seconds: float = 0.0
     p50_ms: float | None = None
     p99_ms: float | None = None
@@ -62,6 +65,10 @@ class WorkerRow:
 
     @property
     def rps(self) -> float:
+        """Between the last two refreshes in the live view; else over the
+        routers' window (60 s, or since the router started)."""
+        if self.rate is not None:
+            return self.rate
         return self.requests / self.window_seconds if self.window_seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +129,7 @@ def merge_routers(
             if b.get("queueDepth") is not None:
                 row.waiting = max(row.waiting or 0, int(b["queueDepth"]))
             row.requests += int(window.get("requests") or 0)
+            row.total += int(b.get("requests") or 0)
             row.window_seconds = max(row.window_seconds, float(window.get("seconds") or 0))
             row.p50_ms = _worst(row.p50_ms, window.get("p50LatencyMs"))
             row.p99_ms = _worst(row.p99_ms, window.get("p99LatencyMs"))
@@ -134,6 +142,17 @@ def merge_routers(
                 row.gpu_used_mib = int(used) // MIB if isinstance(used, int) else None
                 row.gpu_total_mib = int(total) // MIB if isinstance(total, int) else None
     return sorted(rows.values(), key=lambda r: (r.service, r.revision, r.pod))
+
+
+def live_rates(
+    rows: list[WorkerRow], before: dict[str, tuple[float, int]], now: float
+) -> dict[str, tuple[float, int]]:
+    """Set each row's rate from the previous refresh; returns this one's counts."""
+    for row in rows:
+        seen = before.get(row.pod)
+        if seen is not None and now > seen[0] and row.total >= seen[1]:
+            row.rate = (row.total - seen[1]) / (now - seen[0])
+    return {row.pod: (now, row.total) for row in rows}
 
 
 def _ms(value: float | None) -> str | None:
@@ -255,8 +274,10 @@ def _isvc_path(namespace: str, name: str | None = None) -> str:
 async def _top(args: argparse.Namespace) -> int:
     kube = await connect(args)
     try:
+        counts: dict[str, tuple[float, int]] = {}
         while True:
             rows = await collect(kube, args)
+            counts = live_rates(rows, counts, time.monotonic())
             if output_of(args) != "table":
                 print(dump({"workers": [r.to_dict() for r in rows]}, output_of(args)), end="")
             else:

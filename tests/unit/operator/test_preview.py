@@ -10,7 +10,7 @@ from kubeinfer.operator.builders.revision import compute_revision, revision_temp
 from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.inventory import build_inventory
 from kubeinfer.operator.preview import changed_fields, preview
-from kubeinfer.operator.topcli import merge_routers
+from kubeinfer.operator.topcli import live_rates, merge_routers
 from operator_helpers import make_spec
 from test_placement import node
 
@@ -177,3 +177,26 @@ def test_top_adds_routers_up_and_takes_the_worst_percentiles() -> None:
     assert (row.in_flight, row.requests, row.p99_ms, row.oldest_s) == (3, 50, 120.0, 1.5)
     assert row.rps == 5.0
     assert (row.weight, row.gpu_util, row.gpu_used_mib, row.gpu_total_mib) == (90, 40, 1024, 4096)
+
+
+def test_the_live_view_rates_requests_between_refreshes() -> None:
+    def rows(total: int) -> list:
+        doc = {
+            "backends": [
+                {
+                    "name": "w0",
+                    "revision": "r1",
+                    "healthy": True,
+                    "requests": total,
+                    "window": {"seconds": 60.0, "requests": 60},
+                }
+            ]
+        }
+        return merge_routers("svc", [doc], {})
+
+    first = rows(100)
+    counts = live_rates(first, {}, 10.0)
+    assert first[0].rps == 1.0  # no earlier refresh: the window's average
+    second = rows(130)
+    live_rates(second, counts, 12.0)
+    assert second[0].rps == 15.0
