@@ -234,6 +234,75 @@ def test_fresh_preview_matches_where_the_pod_lands(shared: Shared, kube: KubeCli
     assert pod["metadata"]["labels"][c.LABEL_REVISION] == p["revision"]
 
 
+def test_isolation_pinned_by_node_affinity_lands_where_preview_said(
+    shared: Shared, kube: KubeClient
+) -> None:
+    pinned = simulated_service(
+        "alone",
+        replicas=1,
+        gpu={
+            "placement": "isolation",
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "nvidia.com/gpu.memory",
+                                    "operator": "Gt",
+                                    "values": ["40000"],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            },
+        },
+        rollout={"maxSurge": 0},
+    )
+    pinned["metadata"]["namespace"] = shared.namespace
+    p = shared.viewer.json("preview", "-f", "-", stdin=yaml.safe_dump(pinned))
+    (pod_preview,) = p["pods"]
+    busy = {n for n, held in _gpus_on(kube).items() if held}
+    # An H100 node (the affinity) with no other kubeinfer worker (isolation).
+    assert pod_preview["nodes"]
+    assert set(pod_preview["nodes"]) <= {"gpu-h100-0", "gpu-h100-1"} - busy
+    apply_isvc(kube, shared.namespace, pinned)
+    try:
+        pod = wait_for(
+            lambda: next(
+                (
+                    q
+                    for q in worker_pods(kube, shared.namespace, "alone")
+                    if q["spec"].get("nodeName")
+                ),
+                None,
+            ),
+            60,
+            interval=0.3,
+            what="the isolated worker to be scheduled",
+        )
+        assert pod["spec"]["nodeName"] in pod_preview["nodes"]
+        # Nothing else of kubeinfer may join it there: the placement model
+        # (and the scheduler) refuse a worker of another service on that node.
+        other = shared.viewer.json(
+            "preview", "--from-cluster", NAME, "--set", "spec.gpu.product=NVIDIA-H100-80GB-HBM3"
+        )
+        assert pod["spec"]["nodeName"] not in other["pods"][0]["nodes"]
+    finally:
+        kube.kubectl("delete", "-n", shared.namespace, "infsvc", "alone", "--wait=false")
+        wait_for(
+            lambda: (
+                not kube.get(
+                    f"/api/v1/namespaces/{shared.namespace}/pods?labelSelector={c.LABEL_SERVICE}=alone"
+                )["items"]
+            ),
+            60,
+            interval=0.3,
+            what="the isolated service's pods to be gone",
+        )
+
+
 def test_invalid_file_gets_the_api_servers_message(shared: Shared) -> None:
     bad = json.loads(json.dumps(shared.spec))
     bad["spec"]["replicas"] = -1
