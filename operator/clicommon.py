@@ -16,7 +16,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import yaml
-from kubeinfer.operator.kube import ApiError, KubeClient
+from kubeinfer.operator.kube import ApiError, KubeClient, NotFoundError, api_error
+from kubernetes_asyncio.client.exceptions import ApiException
 
 OUTPUTS = ("table", "json", "yaml")
 
@@ -107,6 +108,11 @@ def run_command(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except ApiError as error:
         kind = error.reason or f"HTTP {error.status}"
         print(f"Error from server ({kind}): {error}", file=sys.stderr)
+        return 1
+    except NotFoundError as error:
+        cause = error.__cause__
+        message = str(api_error(cause)) if isinstance(cause, ApiException) else str(error)
+        print(f"Error from server (NotFound): {message}", file=sys.stderr)
         return 1
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -360,6 +360,9 @@ def test_missing_permission_is_named(shared: Shared) -> None:
     done = shared.partial.run("top", NAME, "--once")
     assert done.returncode == 1
     assert 'cannot get resource "pods/proxy"' in done.stderr
+    done = shared.viewer.run("top", "no-such-service", "--once")
+    assert done.returncode == 1
+    assert '"no-such-service" not found' in done.stderr
 
 
 def test_preview_canary_with_a_model_that_does_not_fit(shared: Shared, kube: KubeClient) -> None:
