@@ -200,3 +200,63 @@ def test_the_live_view_rates_requests_between_refreshes() -> None:
     second = rows(130)
     live_rates(second, counts, 12.0)
     assert second[0].rps == 15.0
+
+
+def test_gpus_table_names_a_node_without_feature_discovery_labels() -> None:
+    from kubeinfer.operator.gpuscli import render_inventory
+
+    bare = node("bare", product=None, memory_mib=None, gpus=2)
+    _, pods = running(isvc(), ["bare"])
+    text = render_inventory(build_inventory([bare], pods, []))
+    header, row = text.splitlines()[:2]
+    assert header.split()[:4] == ["NODE", "READY", "PRODUCT", "MEMORY"]
+    assert row.startswith("bare")
+    assert "(no GPU feature discovery labels)" in row
+    assert "1/2" in row  # allocated/allocatable
+    assert "svc-" in text.split("\n\n")[1]  # the worker table
+
+
+def test_top_table_shows_weight_gpu_and_age() -> None:
+    from kubeinfer.operator.topcli import render_top
+
+    doc = {
+        "backends": [
+            {
+                "name": "w0",
+                "revision": "r1",
+                "healthy": True,
+                "inFlight": 3,
+                "queueDepth": 2,
+                "oldestRunningSeconds": 12.34,
+                "window": {
+                    "seconds": 10.0,
+                    "requests": 25,
+                    "p50LatencyMs": 812.0,
+                    "p99LatencyMs": 2100.0,
+                    "p50TtftMs": 4.25,
+                },
+                "gpu": {
+                    "utilizationPercent": 87,
+                    "memoryUsedBytes": 72 * 2**30,
+                    "memoryTotalBytes": 80 * 2**30,
+                },
+            }
+        ]
+    }
+    (line,) = render_top(merge_routers("svc", [doc], {"r1": 25})).splitlines()[1:]
+    assert line.split() == [
+        "svc",
+        "w0",
+        "r1",
+        "25%",
+        "True",
+        "3",
+        "2",
+        "2.5",
+        "812ms",
+        "2100ms",
+        "4.2ms",
+        "87%",
+        "72.0/80.0Gi",
+        "12.3s",
+    ]
