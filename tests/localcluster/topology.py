@@ -5,7 +5,7 @@ A topology file lists node groups::
     nodes:
       - name: gpu-h100          # nodes gpu-h100-0, gpu-h100-1
         count: 2
-        gpu: {product: NVIDIA-H100-80GB-HBM3, count: 4, memoryMiB: 81559}
+        gpu: {product: NVIDIA-H100-80GB-HBM3, count: 4, memoryMiB: 81559, compute: "9.0"}
       - name: gpu-a400
         count: 1
         gpu: {product: NVIDIA-RTX-A400, count: 2, memoryMiB: 4096}
@@ -13,7 +13,8 @@ A topology file lists node groups::
         taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]
 
 Labels follow NVIDIA GPU feature discovery: the product name with spaces
-replaced by dashes, memory in MiB, and the GPU count.
+replaced by dashes, memory in MiB, the GPU count, and the compute
+capability (gpu.compute.major/minor) when ``compute`` is given.
 """
 
 from __future__ import annotations
