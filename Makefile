@@ -44,6 +44,7 @@ crds: install
 	$(BIN)/kubeinfer crds --out crds/
 	$(BIN)/kubeinfer crds --out helm/kubeinfer/crds/
 	$(BIN)/kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml
+	$(BIN)/kubeinfer rbac --viewer > helm/kubeinfer/files/viewer-clusterrole.yaml
 	$(BIN)/kubeinfer docs --out docs/api.md
 
 # The Go binaries of the local cluster (cached outside the repo; the first

@@ -25,6 +25,33 @@ class RevisionCounters:
     p99_ttft_ms: float | None = None
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """One worker's GPU as its agent reported it to the routers (NVML)."""
+
+    uuid: str | None
+    name: str | None
+    memory_mib: int | None
+    memory_used_mib: int | None
+    healthy: bool
+    fault: str | None
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> "GpuFacts":
+        total, used = report.get("memoryTotalBytes"), report.get("memoryUsedBytes")
+        return cls(
+            uuid=report.get("uuid"),
+            name=report.get("name"),
+            memory_mib=int(total) // MIB if isinstance(total, int) else None,
+            memory_used_mib=int(used) // MIB if isinstance(used, int) else None,
+            healthy=report.get("healthy") is not False,
+            fault=report.get("fault"),
+        )
+
+
 @dataclass(frozen=True)
 class RouterStats:
     """Stats of all routers of one InferenceService, added up."""
@@ -32,6 +59,7 @@ class RouterStats:
     routers: int = 0
     revisions: dict[str, RevisionCounters] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)  # per backend (pod) name
+    gpus: dict[str, GpuFacts] = field(default_factory=dict)  # per backend (pod) name
 
     def revision(self, revision: str | None) -> RevisionCounters:
         return self.revisions.get(revision or "", RevisionCounters())
@@ -46,6 +74,7 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
     """Add up the ``/debug/backends`` documents of several routers."""
     revisions: dict[str, RevisionCounters] = {}
     in_flight: dict[str, int] = {}
+    gpus: dict[str, GpuFacts] = {}
     for doc in documents:
         for name, rev in (doc.get("revisions") or {}).items():
             window = rev.get("window") or {}
@@ -59,7 +88,10 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
         for backend in doc.get("backends") or []:
             name = backend.get("name", "")
             in_flight[name] = in_flight.get(name, 0) + int(backend.get("inFlight", 0))
-    return RouterStats(routers=len(documents), revisions=revisions, in_flight=in_flight)
+            report = backend.get("gpu")
+            if isinstance(report, dict) and name not in gpus:
+                gpus[name] = GpuFacts.from_report(report)
+    return RouterStats(routers=len(documents), revisions=revisions, in_flight=in_flight, gpus=gpus)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,27 @@ class NotFoundError(Exception):
     """The object does not exist."""
 
 
+class ApiError(Exception):
+    """The API server said no (403, 422, ...); the message is its own."""
+
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def api_error(error: ApiException) -> ApiError:
+    """The API server's own message (a Status object) from an ApiException."""
+    message, reason = str(error.reason or ""), ""
+    try:
+        body = json.loads(error.body or "{}")
+        message = body.get("message") or message
+        reason = body.get("reason") or ""
+    except (TypeError, ValueError):
+        pass
+    return ApiError(int(error.status or 0), message, reason)
+
+
 class ConflictError(Exception):
     """The object already exists (create) or changed meanwhile."""
 
@@ -65,8 +86,18 @@ class KubeClient:
         self._api = api
 
     @classmethod
-    async def connect(cls) -> "KubeClient":
-        return cls(client.ApiClient(configuration=await load_config()))
+    async def connect(
+        cls, kubeconfig: str | None = None, context: str | None = None
+    ) -> "KubeClient":
+        """In-cluster, or from the kubeconfig (``kubeconfig``, else
+        KUBECONFIG, else ~/.kube/config) with ``context`` if given."""
+        if kubeconfig is None and context is None:
+            return cls(client.ApiClient(configuration=await load_config()))
+        configuration = client.Configuration()
+        await config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
+        return cls(client.ApiClient(configuration=configuration))
 
     async def close(self) -> None:
         await self._api.close()
@@ -80,6 +111,7 @@ class KubeClient:
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
+        """Raises NotFoundError (404), ConflictError (409) or ApiException."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -110,6 +142,44 @@ class KubeClient:
             raise
         parsed: dict[str, Any] = json.loads(raw) if raw else {}
         return parsed
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """Any API path; errors other than 404/409 come back as ApiError
+        with the API server's message (which names a missing permission)."""
+        try:
+            return await self._call(
+                method, path, body=body, content_type=content_type, query=query
+            )
+        except ApiException as error:
+            raise api_error(error) from error
+
+    async def get_text(self, path: str) -> str:
+        """A GET whose answer is not a Kubernetes object (the pod proxy)."""
+        try:
+            result = await self._api.call_api(
+                path,
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _preload_content=False,
+            )
+            raw: bytes = await result.read()
+        except ApiException as error:
+            raise api_error(error) from error
+        if not 200 <= result.status < 300:
+            failed = ApiException(status=result.status, reason=result.reason)
+            failed.body = raw
+            raise api_error(failed)
+        return raw.decode()
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return await self._call("GET", object_path(kind, namespace, name))

@@ -11,14 +11,22 @@ dies between deciding and recording never creates a pod twice.
 import dataclasses
 from dataclasses import dataclass, field
 
-from kubeinfer.operator.analysis import RouterStats, Verdict, judge_canary
+from kubeinfer.operator.analysis import GpuFacts, RouterStats, Verdict, judge_canary
 from kubeinfer.operator.api.constants import ANNOTATION_ROLLOUT
 from kubeinfer.operator.api.resource import InferenceService
-from kubeinfer.operator.api.status import InferenceServiceStatus, ReplicaStatus, RolloutPhase
+from kubeinfer.operator.api.spec import InferenceServiceSpec
+from kubeinfer.operator.api.status import (
+    GpuFault,
+    GpuHealth,
+    InferenceServiceStatus,
+    ReplicaStatus,
+    RolloutPhase,
+)
 from kubeinfer.operator.builders.common import selector_string, worker_selector
+from kubeinfer.operator.builders.cpubackend import cpu_memory_warnings
 from kubeinfer.operator.builders.routing import RouteTarget
 from kubeinfer.operator.conditions import summarise
-from kubeinfer.operator.observe import NodeInfo, PodInfo, parse_time
+from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time, parse_time
 from kubeinfer.operator.replacement import classify_failure, failures_after, replace_at
 from kubeinfer.operator.rollout import (
     RESUME_COMMAND,
@@ -30,7 +38,10 @@ from kubeinfer.operator.rollout import (
     effective_weights,
     start,
 )
+from kubeinfer.operator.vram import GpuNode, vram_warnings
 
+# GPU faults kept in status (newest last).
+MAX_GPU_FAULTS = 20
 # A draining pod stays at least this long, so every router has seen the
 # table that marks it draining before its engine is told to stop.
 DRAIN_MIN_SECONDS = 2.0
@@ -85,6 +96,18 @@ class Observed:
     routers_ready: int
     now: float
     warnings: list[str] = field(default_factory=list)
+    gpus: dict[str, GpuFacts] = field(default_factory=dict)  # per pod, from the routers
+
+
+def spec_warnings(spec: InferenceServiceSpec, nodes: dict[str, NodeInfo]) -> list[str]:
+    """What status.warnings says about the spec on these nodes (model too
+    big for the GPUs, no such GPU, CPU worker memory)."""
+    gpu_nodes = [
+        GpuNode(n.name, n.gpu_product, n.gpu_memory_mib)
+        for n in nodes.values()
+        if n.gpu_product or n.gpu_memory_mib
+    ]
+    return vram_warnings(spec, gpu_nodes) + cpu_memory_warnings(spec)
 
 
 def _counts(pods: list[PodInfo], failed: dict[str, str]) -> dict[str, RevisionCounts]:
@@ -217,26 +240,98 @@ def _plan_pods(
             plan.busy()
 
 
-def _replica_rows(obs: Observed, failed: dict[str, str], draining: set[str]) -> list[ReplicaStatus]:
+def _gpu_health(
+    pod: PodInfo, facts: GpuFacts | None, old: ReplicaStatus | None, failed: dict[str, str]
+) -> GpuHealth:
+    if pod.gpu_fault is not None or (facts is not None and not facts.healthy):
+        return GpuHealth.FAULTED
+    if pod.name in failed:
+        return GpuHealth.UNKNOWN
+    if facts is None:
+        return old.gpu_health if old is not None and old.gpu_health else GpuHealth.UNKNOWN
+    return GpuHealth.HEALTHY
+
+
+def _gpu_fields(
+    pod: PodInfo, obs: Observed, old: ReplicaStatus | None, failed: dict[str, str]
+) -> dict[str, object]:
+    """The GPU columns of a replica row: the routers' newest report, else the
+    last one recorded (stats are not read on every reconcile)."""
+    if not pod.has_gpu:
+        return {}
+    facts = obs.gpus.get(pod.name)
+    fields: dict[str, object] = {
+        "gpu_health": _gpu_health(pod, facts, old, failed),
+        "gpu_fault": pod.gpu_fault or (facts.fault if facts else None),
+    }
+    if facts is not None:
+        fields |= {
+            "gpu_uuid": facts.uuid,
+            "gpu_memory_mi_b": facts.memory_mib,
+            "gpu_memory_used_mi_b": facts.memory_used_mib,
+        }
+    elif old is not None:
+        fields |= {
+            "gpu_uuid": old.gpu_uuid,
+            "gpu_memory_mi_b": old.gpu_memory_mi_b,
+            "gpu_memory_used_mi_b": old.gpu_memory_used_mi_b,
+        }
+    if fields["gpu_fault"] is None and old is not None:
+        fields["gpu_fault"] = old.gpu_fault
+    if fields["gpu_fault"] is not None:
+        fields["gpu_health"] = GpuHealth.FAULTED
+    return fields
+
+
+def _record_gpu_faults(plan: Plan, obs: Observed, previous: list[ReplicaStatus]) -> None:
+    """Remember the GPU faults of pods being removed: their rows go, the
+    fault record stays (which node, which GPU) for the inventory."""
+    old_rows = {r.pod: r for r in previous}
+    seen = {f.pod for f in plan.status.gpu_faults}
+    pods = {p.name: p for p in obs.pods}
+    for gone in plan.delete:
+        pod, old = pods.get(gone.name), old_rows.get(gone.name)
+        fault = (pod.gpu_fault if pod else None) or (old.gpu_fault if old else None)
+        if pod is None or fault is None or gone.name in seen:
+            continue
+        plan.status.gpu_faults.append(
+            GpuFault(
+                node=pod.node,
+                gpu_uuid=old.gpu_uuid if old else None,
+                pod=pod.name,
+                replica=pod.replica or 0,
+                reason=fault,
+                at=format_time(obs.now),
+            )
+        )
+    plan.status.gpu_faults = plan.status.gpu_faults[-MAX_GPU_FAULTS:]
+
+
+def _replica_rows(
+    obs: Observed,
+    failed: dict[str, str],
+    draining: set[str],
+    previous: list[ReplicaStatus],
+) -> list[ReplicaStatus]:
+    old_rows = {r.pod: r for r in previous}
     rows = []
     for pod in sorted(obs.pods, key=lambda p: (p.revision or "", p.replica or 0, p.name)):
         if pod.deleting:
             continue
         node = obs.nodes.get(pod.node or "")
-        rows.append(
-            ReplicaStatus(
-                pod=pod.name,
-                replica=pod.replica or 0,
-                revision=pod.revision or "",
-                node=pod.node,
-                # A CPU worker may run on a GPU node without using its GPU.
-                gpu_product=node.gpu_product if node and pod.has_gpu else None,
-                ready=pod.ready and pod.name not in failed,
-                draining=pod.draining_since is not None or pod.name in draining,
-                restarts=pod.restarts,
-                last_failure=failed.get(pod.name) or pod.termination_message,
-            )
+        row = ReplicaStatus(
+            pod=pod.name,
+            replica=pod.replica or 0,
+            revision=pod.revision or "",
+            node=pod.node,
+            # A CPU worker may run on a GPU node without using its GPU.
+            gpu_product=node.gpu_product if node and pod.has_gpu else None,
+            ready=pod.ready and pod.name not in failed,
+            draining=pod.draining_since is not None or pod.name in draining,
+            restarts=pod.restarts,
+            last_failure=failed.get(pod.name) or pod.termination_message,
         )
+        rows.append(row.model_copy(update=_gpu_fields(pod, obs, old_rows.get(pod.name), failed)))
     return rows
 
 
@@ -247,6 +342,7 @@ def _targets(obs: Observed, failed: dict[str, str], draining: set[str]) -> list[
             ip=p.ip,
             revision=p.revision or "",
             draining=p.draining_since is not None or p.name in draining,
+            has_gpu=p.has_gpu,
         )
         for p in obs.pods
         if p.ready and p.ip and not p.deleting and p.name not in failed
@@ -302,7 +398,8 @@ def plan_reconcile(
     _plan_pods(isvc, plan, obs, failed, revision)
     draining = set(plan.drain)
     plan.targets = _targets(obs, failed, draining)
-    status.replica_statuses = _replica_rows(obs, failed, draining)
+    _record_gpu_faults(plan, obs, isvc.status.replica_statuses)
+    status.replica_statuses = _replica_rows(obs, failed, draining, isvc.status.replica_statuses)
     status.canary_weight = plan.weights.get(status.canary_revision or "", 0)
     status.selector = selector_string(worker_selector(isvc.metadata.name))
     status.warnings = list(obs.warnings)

@@ -59,6 +59,33 @@ def router_rules(routes_configmap: str) -> list[dict[str, Any]]:
     ]
 
 
+VIEWER_NAME = "kubeinfer-viewer"
+
+
+def viewer_rules() -> list[dict[str, Any]]:
+    """What `kubectl kubeinfer gpus|preview|top|status` need: reads only.
+
+    ``pods/proxy`` with ``get`` lets `top` GET the routers' /debug/backends
+    through the API server (a proxied GET needs ``get``, a POST ``create``).
+    `preview` dry-runs with ``patch`` when the user has it; without it, it
+    validates with kubeinfer's own models and says so.
+    """
+    return [
+        _rule([GROUP], [PLURAL], ["get", "list", "watch"]),
+        _rule([""], ["pods", "nodes"], ["get", "list", "watch"]),
+        _rule([""], ["pods/proxy"], ["get"]),
+    ]
+
+
+def viewer_cluster_role(name: str = VIEWER_NAME) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "kubeinfer"}},
+        "rules": viewer_rules(),
+    }
+
+
 def operator_cluster_role(name: str = OPERATOR_NAME) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -30,7 +30,6 @@ from kubeinfer.operator.api.status import (
     RolloutPhase,
 )
 from kubeinfer.operator.builders.common import Images
-from kubeinfer.operator.builders.cpubackend import cpu_memory_warnings
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
 from kubeinfer.operator.builders.router import (
     build_router_deployment,
@@ -46,10 +45,9 @@ from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
-from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile
+from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile, spec_warnings
 from kubeinfer.operator.retry import Refusal
 from kubeinfer.operator.routerstats import fetch_router_stats
-from kubeinfer.operator.vram import GpuNode, vram_warnings
 from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +78,9 @@ class OperatorContext:
     # delivers our own write, and planning on the older status would
     # repeat a transition (and its event).
     written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # When each service's routers were last asked for their workers' GPU
+    # reports (the inventory in status; see GPU_REFRESH_SECONDS).
+    gpu_read_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -136,6 +137,21 @@ async def _publish_table(ctx: OperatorContext, isvc: InferenceService, plan: Pla
     await ctx.kube.apply(build_routes_configmap(meta, table))
     ctx.generations[key] = table.generation
     ctx.tables[key] = content
+
+
+# GPU facts in status (memory in use, health) are refreshed this often; a
+# new pod without facts yet is asked for at every reconcile.
+GPU_REFRESH_SECONDS = 15.0
+
+
+def _gpu_report_due(
+    ctx: OperatorContext, isvc: InferenceService, workers: list[PodInfo], now: float
+) -> bool:
+    key = (isvc.metadata.namespace, isvc.metadata.name)
+    if now - ctx.gpu_read_at.get(key, 0.0) >= GPU_REFRESH_SECONDS:
+        return True
+    known = {r.pod for r in isvc.status.replica_statuses if r.gpu_uuid}
+    return any(p.ready and p.has_gpu and p.name not in known for p in workers)
 
 
 # After this long an unseen create is presumed lost and may be sent again.
@@ -226,14 +242,6 @@ def latest_body(
     return {**body, "status": status}
 
 
-def _nodes_for_vram(nodes: dict[str, NodeInfo]) -> list[GpuNode]:
-    return [
-        GpuNode(n.name, n.gpu_product, n.gpu_memory_mib)
-        for n in nodes.values()
-        if n.gpu_product or n.gpu_memory_mib
-    ]
-
-
 async def reconcile(
     ctx: OperatorContext,
     body: dict[str, Any],
@@ -257,14 +265,20 @@ async def reconcile(
     router_ips = [p.ip for p in routers if p.ready and p.ip and not p.deleting]
     draining = any(p.draining_since is not None for p in workers)
     analysing = isvc.status.rollout.phase is RolloutPhase.ANALYSING
-    stats = await fetch_router_stats(ctx.http, router_ips) if (analysing or draining) else None
+    gpus_due = _gpu_report_due(ctx, isvc, workers, now)
+    stats = None
+    if analysing or draining or gpus_due:
+        stats = await fetch_router_stats(ctx.http, router_ips)
+        if stats is not None:
+            ctx.gpu_read_at[(isvc.metadata.namespace, isvc.metadata.name)] = now
     observed = Observed(
         pods=workers,
         nodes=nodes,
         stats=stats,
         routers_ready=len(router_ips),
         now=now,
-        warnings=vram_warnings(isvc.spec, _nodes_for_vram(nodes)) + cpu_memory_warnings(isvc.spec),
+        warnings=spec_warnings(isvc.spec, nodes),
+        gpus=stats.gpus if stats else {},
     )
     plan = plan_reconcile(
         isvc,

@@ -6,15 +6,23 @@ undo is done with the user's rights, not the operator's).
 """
 
 import argparse
-import asyncio
 from typing import Any
 
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.status import InferenceServiceStatus
-from kubeinfer.operator.kube import KubeClient, NotFoundError
+from kubeinfer.operator.clicommon import (
+    CommandError,
+    connect,
+    dump,
+    global_flags,
+    namespace_of,
+    output_of,
+    run_command,
+)
+from kubeinfer.operator.kube import NotFoundError, object_path
 
 
-class RolloutCommandError(Exception):
+class RolloutCommandError(CommandError):
     """The command can't be done (no such revision, ...); the message says why."""
 
 
@@ -28,6 +36,7 @@ def render_status(obj: dict[str, Any]) -> str:
         f"Model:      {(spec.get('model') or {}).get('name')}",
         f"Phase:      {status.phase.value}",
         f"Ready:      {status.ready_text}",
+        f"Placement:  {(spec.get('gpu') or {}).get('placement', 'spread')}",
         f"Endpoint:   {status.router_endpoint or '-'}",
         f"Stable:     {status.stable_revision or '-'}",
         f"Canary:     {status.canary_revision or '-'} ({status.canary_weight}%)",
@@ -50,6 +59,8 @@ def render_status(obj: dict[str, Any]) -> str:
     lines += [
         f"  {r.pod:<40} {r.revision:<11} {r.node or '-':<14} "
         f"{'ready' if r.ready else 'not ready'}{' draining' if r.draining else ''}"
+        f"{f' GPU {r.gpu_uuid}' if r.gpu_uuid else ''}"
+        f"{f' {r.gpu_health.value}' if r.gpu_health else ''}"
         f"{f' ({r.last_failure})' if r.last_failure else ''}"
         for r in status.replica_statuses
     ]
@@ -88,25 +99,36 @@ def undo_patch(obj: dict[str, Any], to_revision: int | None) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> str:
-    kube = await KubeClient.connect()
+    namespace = namespace_of(args)
+    kube = await connect(args)
     try:
         try:
-            obj = await kube.get(c.KIND, args.namespace, args.name)
+            obj = await kube.request("GET", object_path(c.KIND, namespace, args.name))
         except NotFoundError as error:
             raise RolloutCommandError(
-                f"inferenceservice {args.namespace}/{args.name} not found"
+                f"inferenceservice {namespace}/{args.name} not found"
             ) from error
         if args.command == "status":
+            if output_of(args) != "table":
+                return dump(obj.get("status") or {}, output_of(args))
             return render_status(obj)
         if args.action == "undo":
-            await kube.merge_patch(
-                c.KIND, args.namespace, args.name, undo_patch(obj, args.to_revision)
+            await kube.request(
+                "PATCH",
+                object_path(c.KIND, namespace, args.name),
+                body=undo_patch(obj, args.to_revision),
+                content_type="application/merge-patch+json",
             )
             return f"inferenceservice {args.name} rolled back (the restored revision rolls out)\n"
         # Every action is an annotation value; `resume` is consumed by the
         # operator, and also releases a rollout held by a failed step.
         patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: args.action}}}
-        await kube.merge_patch(c.KIND, args.namespace, args.name, patch)
+        await kube.request(
+            "PATCH",
+            object_path(c.KIND, namespace, args.name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
         return f"inferenceservice {args.name}: {args.action} requested\n"
     finally:
         await kube.close()
@@ -114,21 +136,24 @@ async def _run(args: argparse.Namespace) -> str:
 
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     status = sub.add_parser(
-        "status", help="replicas, revisions, weights and analysis of one service"
+        "status",
+        parents=[global_flags()],
+        help="replicas, revisions, weights and analysis of one service",
     )
     status.add_argument("name")
-    status.add_argument("-n", "--namespace", default="default")
-    rollout = sub.add_parser("rollout", help="control a rollout: pause|resume|promote|abort|undo")
+    rollout = sub.add_parser(
+        "rollout",
+        parents=[global_flags()],
+        help="control a rollout: pause|resume|promote|abort|undo",
+    )
     rollout.add_argument("action", choices=["pause", "resume", "promote", "abort", "undo"])
     rollout.add_argument("name")
-    rollout.add_argument("-n", "--namespace", default="default")
     rollout.add_argument("--to-revision", type=int, default=None, help="undo: revision number")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        print(asyncio.run(_run(args)), end="")
-    except RolloutCommandError as error:
-        print(f"error: {error}")
-        return 1
-    return 0
+    async def work() -> int:
+        print(await _run(args), end="")
+        return 0
+
+    return run_command(work)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 from kubeinfer.operator.api import vllm_metrics as names
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubeinfer.router.health")
 
 TICK_SECONDS = 0.1
+# What the router keeps of the agent's GET /gpu (see kubeinfer.worker.nvml).
+GPU_FIELDS = ("uuid", "name", "memoryTotalBytes", "memoryUsedBytes", "utilizationPercent",
+              "healthy", "fault")
 
 
 class WorkerLoad(NamedTuple):
@@ -143,6 +146,8 @@ class HealthMonitor:
             if interval > 0 and now >= next_scrape:
                 next_scrape = now + interval
                 await self.scrape(b, hc.timeout_seconds)
+                if b.gpu_url:
+                    b.gpu = await self.read_gpu(b.gpu_url, hc.timeout_seconds)
             # Jitter so that many routers don't probe in lockstep.
             await asyncio.sleep(hc.interval_seconds * random.uniform(0.9, 1.1))
 
@@ -179,6 +184,23 @@ class HealthMonitor:
                 # non-streaming answers).
                 b.conns.last_progress = time.monotonic()
             b.generation_tokens = tokens
+
+    async def read_gpu(self, url: str, limit: float) -> dict[str, Any] | None:
+        """The worker agent's GPU snapshot, cut to what `top` and the
+        inventory show; None when it can't be read."""
+        assert self.session is not None
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=max(limit, 1.0)),
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json()
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        return {key: body.get(key) for key in GPU_FIELDS}
 
     async def _tick(self) -> None:
         sweep_at = 0.0

@@ -62,7 +62,7 @@ def _hostport(url: str) -> tuple[str, int]:
 class BackendState:
     """One worker as the router sees it: table entry plus live state."""
 
-    def __init__(self, spec: Backend, *, idle_timeout: float) -> None:
+    def __init__(self, spec: Backend, *, idle_timeout: float, window_seconds: int = 60) -> None:
         self.name = spec.name
         self.url = spec.url.rstrip("/")
         self.host, self.port = _hostport(self.url)
@@ -77,6 +77,7 @@ class BackendState:
         self.max_concurrency = spec.max_concurrency
         self.health_url = spec.health_url or self.url + "/health"
         self.metrics_url = self.url + "/metrics"
+        self.gpu_url = spec.gpu_url
         # Live state.
         self.healthy = True  # the operator lists ready workers; checks correct it
         self.health_failures = 0
@@ -92,6 +93,13 @@ class BackendState:
         self.generation_tokens: float | None = None
         self.removed = False
         self.stats = AttemptStats()
+        # Per-worker window (req/s, p50/p99) and the start of each running
+        # attempt (monotonic), for `kubectl kubeinfer top`.
+        self.window = Window(window_seconds)
+        self.running: dict[int, float] = {}
+        # The worker agent's last /gpu answer (the fields `top` and the
+        # operator's inventory show), or None.
+        self.gpu: dict[str, Any] | None = None
         self.conns = UpstreamPool(self.host, self.port, idle_timeout=idle_timeout,
                                   tls=self.url.startswith("https://"))
 
@@ -101,6 +109,7 @@ class BackendState:
         self.draining = spec.draining
         self.max_concurrency = spec.max_concurrency
         self.health_url = spec.health_url or self.url + "/health"
+        self.gpu_url = spec.gpu_url
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until > now
@@ -204,7 +213,8 @@ class Pool:
                 have.update(spec)
                 new[spec.name] = have
             else:
-                state = BackendState(spec, idle_timeout=self.idle_timeout)
+                state = BackendState(spec, idle_timeout=self.idle_timeout,
+                                     window_seconds=self.stats_window)
                 new[spec.name] = state
                 added.append(state)
         removed = [b for name, b in old.items() if new.get(name) is not b]
@@ -368,6 +378,7 @@ class Pool:
     def record_attempt(self, backend: BackendState, status: str, error: bool,
                        latency_s: float | None, ttft_s: float | None, now: float) -> None:
         backend.stats.record(status, error, latency_s, ttft_s)
+        backend.window.record(now, error, latency_s, ttft_s)
         rev = backend.revision
         stats = self.revision_stats.get(rev)
         if stats is None:
@@ -388,6 +399,7 @@ class Pool:
         return {
             "generation": table.generation if table else 0,
             "model": table.model if table else "",
+            "windowSeconds": round(window_seconds, 3),
             "backends": [
                 {
                     "name": b.name,
@@ -399,6 +411,12 @@ class Pool:
                     "inFlight": b.in_flight,
                     "queueDepth": b.queue_depth,
                     "stats": b.stats.snapshot(),
+                    "window": b.window.snapshot(now),
+                    "oldestRunningSeconds": (
+                        round(now - min(b.running.values()), 3) if b.running else None
+                    ),
+                    "kvUsage": b.kv_usage,
+                    "gpu": b.gpu,
                 }
                 for b in self.backends.values()
             ],

@@ -181,6 +181,7 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
             + req.forward_headers + b"content-length: %d\r\n\r\n" % len(body))
     t0 = time.monotonic()
     ex: Exchange | None = None
+    b.running[id(ctx)] = t0
     try:
         try:
             ex = await b.conns.send(head, body, stream_mode=inf.stream,
@@ -222,6 +223,7 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
                        None, None)
         raise
     finally:
+        b.running.pop(id(ctx), None)
         r.pool.release(b)
         if ex is not None and not ex.complete:
             ex.abandon()

@@ -204,7 +204,8 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
         for b in snap["backends"]:
             have = backends.get(b["name"])
             if have is None:
-                backends[b["name"]] = {**b, "stats": _copy_stats(b["stats"])}
+                backends[b["name"]] = {**b, "stats": _copy_stats(b["stats"]),
+                                       "window": _copy_window(b["window"])}
                 continue
             have["healthy"] = have["healthy"] and b["healthy"]
             have["ejected"] = have["ejected"] or b["ejected"]
@@ -212,6 +213,12 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
             if have["queueDepth"] is None:
                 have["queueDepth"] = b["queueDepth"]
             _add_stats(have["stats"], b["stats"])
+            _add_window(have["window"], b["window"])
+            have["oldestRunningSeconds"] = _max_or_none(
+                have["oldestRunningSeconds"], b["oldestRunningSeconds"])
+            have["gpu"] = have["gpu"] or b["gpu"]
+            if have["kvUsage"] is None:
+                have["kvUsage"] = b["kvUsage"]
         for rev, r in snap["revisions"].items():
             have = revisions.get(rev)
             if have is None:
@@ -219,16 +226,24 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
                                   "window": _copy_window(r["window"])}
                 continue
             _add_stats(have["stats"], r["stats"])
-            w = have["window"]
-            w["requests"] += r["window"]["requests"]
-            w["errors"] += r["window"]["errors"]
-            _add_sparse(w["latency"], _int_keys(r["window"]["latency"]))
-            _add_sparse(w["ttft"], _int_keys(r["window"]["ttft"]))
+            _add_window(have["window"], r["window"])
     merged["backends"] = list(backends.values())
     merged["revisions"] = revisions
     merged["counters"] = counters
     merged["queue"] = queue
     return merged
+
+
+def _add_window(into: dict[str, Any], other: dict[str, Any]) -> None:
+    into["requests"] += other["requests"]
+    into["errors"] += other["errors"]
+    _add_sparse(into["latency"], _int_keys(other["latency"]))
+    _add_sparse(into["ttft"], _int_keys(other["ttft"]))
+
+
+def _max_or_none(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return max(values) if values else None
 
 
 def _int_keys(d: dict[Any, int]) -> dict[int, int]:
@@ -257,26 +272,32 @@ def _add_stats(into: dict[str, Any], other: dict[str, Any]) -> None:
     _add_hist(into["ttft"], other["ttft"])
 
 
+def _render_window(w: dict[str, Any], seconds: float) -> dict[str, Any]:
+    latency = _int_keys(w["latency"])
+    ttft = _int_keys(w["ttft"])
+    return {
+        "seconds": seconds,
+        "requests": w["requests"],
+        "errors": w["errors"],
+        "errorRate": round(w["errors"] / w["requests"], 6) if w["requests"] else 0.0,
+        "p50LatencyMs": percentile(latency, 0.5),
+        "p99LatencyMs": percentile(latency, 0.99),
+        "p50TtftMs": percentile(ttft, 0.5),
+        "p99TtftMs": percentile(ttft, 0.99),
+    }
+
+
 def render_debug(snap: dict[str, Any]) -> dict[str, Any]:
-    """The ``/debug/backends`` document (read by the operator's canary analysis)."""
+    """The ``/debug/backends`` document (read by the operator's canary
+    analysis and GPU inventory, and by `kubectl kubeinfer top`)."""
     revisions = {}
+    seconds = 0.0
     for rev, r in snap["revisions"].items():
-        w = r["window"]
-        latency = _int_keys(w["latency"])
-        ttft = _int_keys(w["ttft"])
+        seconds = r["window"]["seconds"]
         revisions[rev] = {
             "requests": r["stats"]["requests"],
             "errors": r["stats"]["errors"],
-            "window": {
-                "seconds": w["seconds"],
-                "requests": w["requests"],
-                "errors": w["errors"],
-                "errorRate": round(w["errors"] / w["requests"], 6) if w["requests"] else 0.0,
-                "p50LatencyMs": percentile(latency, 0.5),
-                "p99LatencyMs": percentile(latency, 0.99),
-                "p50TtftMs": percentile(ttft, 0.5),
-                "p99TtftMs": percentile(ttft, 0.99),
-            },
+            "window": _render_window(r["window"], seconds),
         }
     return {
         "generation": snap["generation"],
@@ -293,6 +314,10 @@ def render_debug(snap: dict[str, Any]) -> dict[str, Any]:
                 "queueDepth": b["queueDepth"],
                 "requests": b["stats"]["requests"],
                 "errors": b["stats"]["errors"],
+                "window": _render_window(b["window"], snap.get("windowSeconds", seconds)),
+                "oldestRunningSeconds": b["oldestRunningSeconds"],
+                "kvUsage": b["kvUsage"],
+                "gpu": b["gpu"],
             }
             for b in snap["backends"]
         ],

@@ -48,6 +48,13 @@ class Backend(ApiModel):
             description="Active health check URL; url + /health when absent.",
         ),
     ] = None
+    gpu_url: Annotated[
+        str | None,
+        Field(
+            pattern=r"^https?://",
+            description="The worker agent's GET /gpu (NVML snapshot); none for CPU workers.",
+        ),
+    ] = None
     weight: Annotated[
         int, Field(ge=0, le=1000, description="Relative weight within its revision (weighted).")
     ] = 1

@@ -35,6 +35,9 @@ class Placement(StrEnum):
     SPREAD = "spread"  # one failing node takes out as few replicas as possible
     PACK = "pack"  # fill nodes, leave whole nodes free for others
     LARGEST_FIRST = "largest-first"  # prefer the GPUs with the most memory (needs a GPU)
+    # A whole node per worker: no other kubeinfer worker (of any service)
+    # on the same node, for noisy-neighbour-free benchmarks and tenants.
+    ISOLATION = "isolation"
 
 
 class Engine(StrEnum):
@@ -193,6 +196,101 @@ class Toleration(ApiModel):
     ] = None
 
 
+# A label key: an optional DNS-subdomain prefix and a name.
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+class NodeSelectorRequirement(ApiModel):
+    """One node label expression (Kubernetes' NodeSelectorRequirement)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.operator in ['Exists', 'DoesNotExist'] ? "
+                    "!has(self.values) || size(self.values) == 0 : "
+                    "has(self.values) && size(self.values) > 0",
+                    "values must be empty for Exists and DoesNotExist and given otherwise",
+                ),
+                cel(
+                    "!(self.operator in ['Gt', 'Lt']) || "
+                    "(size(self.values) == 1 && self.values[0].matches('^-?[0-9]+$'))",
+                    "Gt and Lt take exactly one integer value",
+                ),
+            ]
+        }
+    }
+
+    key: Annotated[str, Field(max_length=317, pattern=LABEL_KEY, description="Node label key.")]
+    operator: Annotated[
+        str,
+        Field(
+            pattern=r"^(In|NotIn|Exists|DoesNotExist|Gt|Lt)$",
+            description="In, NotIn, Exists, DoesNotExist, Gt or Lt.",
+        ),
+    ]
+    values: Annotated[
+        list[Annotated[str, Field(max_length=63)]],
+        Field(max_length=64, description="Label values (one integer for Gt and Lt)."),
+    ] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> Self:
+        if self.operator in ("Exists", "DoesNotExist"):
+            if self.values:
+                raise ValueError(
+                    "values must be empty for Exists and DoesNotExist and given otherwise"
+                )
+        elif not self.values:
+            raise ValueError("values must be empty for Exists and DoesNotExist and given otherwise")
+        if self.operator in ("Gt", "Lt") and (
+            len(self.values) != 1 or not self.values[0].lstrip("-").isdigit()
+        ):
+            raise ValueError("Gt and Lt take exactly one integer value")
+        return self
+
+
+class NodeSelectorTerm(ApiModel):
+    """Expressions that must all hold (Kubernetes' NodeSelectorTerm)."""
+
+    match_expressions: Annotated[
+        list[NodeSelectorRequirement],
+        Field(min_length=1, max_length=32, description="All must match."),
+    ]
+
+
+class NodeSelector(ApiModel):
+    """Terms of which at least one must hold (Kubernetes' NodeSelector)."""
+
+    node_selector_terms: Annotated[
+        list[NodeSelectorTerm],
+        Field(min_length=1, max_length=16, description="Any one must match."),
+    ]
+
+
+class PreferredSchedulingTerm(ApiModel):
+    """A weighted preference (Kubernetes' PreferredSchedulingTerm)."""
+
+    weight: Annotated[int, Field(ge=1, le=100, description="1-100.")]
+    preference: Annotated[NodeSelectorTerm, Field(description="The nodes preferred.")]
+
+
+class NodeAffinity(ApiModel):
+    """Node affinity of the worker pods, in Kubernetes' own shape; combined
+    with the rules kubeinfer adds (placement, lost nodes, minMemoryMiB)."""
+
+    required_during_scheduling_ignored_during_execution: Annotated[
+        NodeSelector | None, Field(description="Nodes a worker may run on.")
+    ] = None
+    preferred_during_scheduling_ignored_during_execution: Annotated[
+        list[PreferredSchedulingTerm],
+        Field(max_length=16, description="Nodes a worker prefers."),
+    ] = Field(default_factory=list)
+
+
 # With no GPU there is nothing for these to select; say so rather than
 # silently ignoring a setting the user believes is in force.
 NO_GPU_SELECTORS_MESSAGE = (
@@ -260,8 +358,24 @@ class GPUSpec(ApiModel):
     ] = None
     placement: Annotated[
         Placement,
-        Field(description="spread (default, for HA), pack or largest-first (needs a GPU)."),
+        Field(
+            description=(
+                "spread (default, for HA), pack, largest-first (needs a GPU) or isolation "
+                "(a whole node per worker, no other kubeinfer worker beside it)."
+            )
+        ),
     ] = Placement.SPREAD
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63)]],
+        Field(
+            max_length=32,
+            description="Node labels the worker pods require (manual pinning, pod nodeSelector).",
+        ),
+    ] = Field(default_factory=dict)
+    node_affinity: Annotated[
+        NodeAffinity | None,
+        Field(description="Node affinity of the worker pods (manual pinning), Kubernetes' shape."),
+    ] = None
     tolerations: Annotated[
         list[Toleration],
         Field(

@@ -126,6 +126,14 @@ class RevisionRecord(ApiModel):
     ] = Field(default_factory=dict)
 
 
+class GpuHealth(StrEnum):
+    """A worker's GPU as its agent reports it (NVML)."""
+
+    HEALTHY = "Healthy"
+    FAULTED = "Faulted"  # Xid, ECC or lost GPU: the pod is being replaced
+    UNKNOWN = "Unknown"  # no report yet (starting, or the routers are away)
+
+
 class ReplicaStatus(ApiModel):
     """One worker pod."""
 
@@ -138,6 +146,34 @@ class ReplicaStatus(ApiModel):
     draining: Annotated[bool, Field(description="Finishing in-flight requests.")] = False
     restarts: Annotated[int, Field(description="Container restarts.")] = 0
     last_failure: Annotated[str | None, Field(description="Last failure reason.")] = None
+    gpu_uuid: Annotated[
+        str | None, Field(description="UUID of the pod's GPU, as the worker's NVML reports it.")
+    ] = None
+    gpu_memory_mi_b: Annotated[
+        int | None, Field(alias="gpuMemoryMiB", description="The GPU's total memory (NVML).")
+    ] = None
+    gpu_memory_used_mi_b: Annotated[
+        int | None,
+        Field(alias="gpuMemoryUsedMiB", description="GPU memory in use (NVML, refreshed ~15 s)."),
+    ] = None
+    gpu_health: Annotated[
+        GpuHealth | None,
+        Field(description="Healthy, Faulted or Unknown (not yet reported); none without a GPU."),
+    ] = None
+    gpu_fault: Annotated[
+        str | None, Field(description="The GPU fault the worker reported (Xid, ECC, lost).")
+    ] = None
+
+
+class GpuFault(ApiModel):
+    """A GPU fault that made the operator replace a worker pod."""
+
+    node: Annotated[str | None, Field(description="Node of the faulty GPU.")] = None
+    gpu_uuid: Annotated[str | None, Field(description="UUID of the faulty GPU.")] = None
+    pod: Annotated[str, Field(description="The pod that was replaced.")]
+    replica: Annotated[int, Field(description="Its replica index.")] = 0
+    reason: Annotated[str, Field(description="The worker's reason (e.g. GPU lost: Xid 79).")]
+    at: Annotated[str | None, Field(description="When it was seen (RFC 3339).")] = None
 
 
 class InferenceServiceStatus(ApiModel):
@@ -176,6 +212,10 @@ class InferenceServiceStatus(ApiModel):
     ] = Field(default_factory=list)
     replica_statuses: Annotated[
         list[ReplicaStatus], Field(description="One row per worker pod.")
+    ] = Field(default_factory=list)
+    gpu_faults: Annotated[
+        list[GpuFault],
+        Field(max_length=20, description="The last GPU faults that replaced a pod, newest last."),
     ] = Field(default_factory=list)
     router_endpoint: Annotated[str | None, Field(description="URL of the router Service.")] = None
     warnings: Annotated[list[str], Field(description="Things worth a look.")] = Field(

@@ -24,6 +24,7 @@ class RouteTarget:
     ip: str
     revision: str
     draining: bool = False
+    has_gpu: bool = True
 
 
 def max_concurrency(spec: InferenceServiceSpec) -> int | None:
@@ -52,6 +53,7 @@ def build_routing_table(
             name=t.pod,
             url=f"http://{t.ip}:{c.WORKER_HTTP_PORT}",
             health_url=f"http://{t.ip}:{c.WORKER_AGENT_PORT}/ready",
+            gpu_url=f"http://{t.ip}:{c.WORKER_AGENT_PORT}/gpu" if t.has_gpu else None,
             revision=t.revision,
             draining=t.draining,
             max_concurrency=limit,

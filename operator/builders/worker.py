@@ -43,6 +43,8 @@ LARGEST_FIRST_BUCKETS = ((80_000, 100), (40_000, 60), (20_000, 30))
 # they leave GPU nodes' CPUs and memory to the pods that need the GPUs;
 # weaker than avoiding a node where the replica failed before.
 CPU_AWAY_FROM_GPUS_WEIGHT = 50
+# Every kubeinfer worker pod, whatever its service (isolation placement).
+ANY_KUBEINFER_WORKER = {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_COMPONENT: c.COMPONENT_WORKER}
 
 
 def worker_image(spec: InferenceServiceSpec, images: Images) -> str:
@@ -162,12 +164,27 @@ def _affinity(
         )
     affinity: dict[str, Any] = {}
     node_affinity: dict[str, Any] = {}
-    if required:
+    user = spec.gpu.node_affinity
+    user_required = user.required_during_scheduling_ignored_during_execution if user else None
+    if user_required is not None:
+        # Terms are ORed, expressions within a term ANDed: kubeinfer's own
+        # rules must hold whichever of the user's terms a node matches.
+        node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [e.to_dict() for e in term.match_expressions] + required}
+                for term in user_required.node_selector_terms
+            ]
+        }
+    elif required:
         node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
             "nodeSelectorTerms": [{"matchExpressions": required}]
         }
-    if spec.gpu.placement is Placement.LARGEST_FIRST:
+    if user is not None and user.preferred_during_scheduling_ignored_during_execution:
         node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            t.to_dict() for t in user.preferred_during_scheduling_ignored_during_execution
+        ]
+    if spec.gpu.placement is Placement.LARGEST_FIRST:
+        node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).extend(
             {
                 "weight": weight,
                 "preference": {
@@ -177,7 +194,7 @@ def _affinity(
                 },
             }
             for mib, weight in LARGEST_FIRST_BUCKETS
-        ]
+        )
     if spec.gpu.cpu_only:
         node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
             {
@@ -202,6 +219,19 @@ def _affinity(
                         "topologyKey": "kubernetes.io/hostname",
                         "labelSelector": {"matchLabels": worker_selector(service)},
                     },
+                }
+            ]
+        }
+    if spec.gpu.placement is Placement.ISOLATION:
+        # Required anti-affinity against every kubeinfer worker in every
+        # namespace; the scheduler also applies an existing pod's required
+        # anti-affinity to newcomers, so the node stays this worker's alone.
+        affinity["podAntiAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": ANY_KUBEINFER_WORKER},
+                    "namespaceSelector": {},
                 }
             ]
         }
@@ -306,8 +336,11 @@ def build_worker_pod(
     tolerations = _tolerations(spec)
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    node_selector = dict(spec.gpu.node_selector)
     if spec.gpu.product:
-        pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu.product}
+        node_selector[LABEL_GPU_PRODUCT] = spec.gpu.product
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
     affinity = _affinity(spec, meta.name, avoid_nodes, exclude_nodes)
     if affinity:
         pod_spec["affinity"] = affinity

@@ -5,7 +5,7 @@ A topology file lists node groups::
     nodes:
       - name: gpu-h100          # nodes gpu-h100-0, gpu-h100-1
         count: 2
-        gpu: {product: NVIDIA-H100-80GB-HBM3, count: 4, memoryMiB: 81559}
+        gpu: {product: NVIDIA-H100-80GB-HBM3, count: 4, memoryMiB: 81559, compute: "9.0"}
       - name: gpu-a400
         count: 1
         gpu: {product: NVIDIA-RTX-A400, count: 2, memoryMiB: 4096}
@@ -13,7 +13,8 @@ A topology file lists node groups::
         taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]
 
 Labels follow NVIDIA GPU feature discovery: the product name with spaces
-replaced by dashes, memory in MiB, and the GPU count.
+replaced by dashes, memory in MiB, the GPU count, and the compute
+capability (gpu.compute.major/minor) when ``compute`` is given.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
 LABEL_GPU_MEMORY = "nvidia.com/gpu.memory"
 LABEL_GPU_COUNT = "nvidia.com/gpu.count"
 LABEL_GPU_PRESENT = "nvidia.com/gpu.present"
+LABEL_GPU_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
+LABEL_GPU_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
 # KWOK manages nodes carrying this annotation (and only those).
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_ANNOTATION_VALUE = "fake"
@@ -45,6 +48,8 @@ class GpuSpec(_Model):
     product: str
     count: int = Field(ge=0)
     memory_mib: int = Field(alias="memoryMiB", ge=0)
+    # CUDA compute capability, "major.minor" (GFD's gpu.compute.* labels).
+    compute: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
 
 
 class Taint(_Model):
@@ -73,12 +78,14 @@ DEFAULT_TOPOLOGY = Topology(
         NodeGroup(
             name="gpu-h100",
             count=2,
-            gpu=GpuSpec(product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559),
+            gpu=GpuSpec(
+                product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559, compute="9.0"
+            ),
         ),
         NodeGroup(
             name="gpu-a400",
             count=1,
-            gpu=GpuSpec(product="NVIDIA-RTX-A400", count=2, memory_mib=4096),
+            gpu=GpuSpec(product="NVIDIA-RTX-A400", count=2, memory_mib=4096, compute="8.6"),
         ),
     ]
 )
@@ -139,6 +146,9 @@ def build_node(node: SimulatedNode) -> dict[str, Any]:
             LABEL_GPU_COUNT: str(group.gpu.count),
             LABEL_GPU_PRESENT: "true",
         }
+        if group.gpu.compute:
+            major, minor = group.gpu.compute.split(".")
+            labels |= {LABEL_GPU_COMPUTE_MAJOR: major, LABEL_GPU_COMPUTE_MINOR: minor}
         capacity[GPU_RESOURCE] = str(group.gpu.count)
     labels |= group.labels
     return {

@@ -94,6 +94,20 @@ BAD = [
         "put secrets in a Secret (model.secretRef)",
     ),
     ({"model": {"name": "m", "source": "ftp://host/m"}}, engineflags.SOURCE_SCHEME_MESSAGE),
+    (
+        {
+            "gpu": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "m", "operator": "Gt", "values": ["x"]}]}
+                        ]
+                    }
+                }
+            }
+        },
+        "Gt and Lt take exactly one integer value",
+    ),
 ]
 
 

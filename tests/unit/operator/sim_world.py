@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeinfer.operator.analysis import RevisionCounters, RouterStats
+from kubeinfer.operator.analysis import GpuFacts, RevisionCounters, RouterStats
 from kubeinfer.operator.api import InferenceService, ObjectMeta, parse_spec
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
 from kubeinfer.operator.observe import NodeInfo, PodInfo
@@ -49,6 +49,7 @@ class SimWorld:
     annotations: dict[str, str] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     plans: list[Plan] = field(default_factory=list)
+    gpus: dict[str, GpuFacts] = field(default_factory=dict)  # what the routers report
     max_pods_seen: int = 0
     _ip: int = 1
 
@@ -76,6 +77,7 @@ class SimWorld:
             stats=RouterStats(routers=1, revisions=dict(self.counters), in_flight=self.in_flight),
             routers_ready=1,
             now=self.now,
+            gpus=dict(self.gpus),
         )
         plan = plan_reconcile(
             isvc,

@@ -122,6 +122,35 @@ INVALID = [
         with_("gpu", {"count": 0, "placement": "largest-first"}),
         "gpu: gpu.placement largest-first ranks nodes by GPU memory",
     ),
+    (
+        with_(
+            "gpu.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+            {"nodeSelectorTerms": [{"matchExpressions": [{"key": "a", "operator": "In"}]}]},
+        ),
+        "values must be empty for Exists and DoesNotExist and given otherwise",
+    ),
+    (
+        with_(
+            "gpu.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+            {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "m", "operator": "Gt", "values": ["x"]}]}
+                ]
+            },
+        ),
+        "Gt and Lt take exactly one integer value",
+    ),
+    (
+        with_(
+            "gpu.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+            {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "a", "operator": "Near", "values": ["x"]}]}
+                ]
+            },
+        ),
+        "operator: String should match pattern",
+    ),
 ]
 
 

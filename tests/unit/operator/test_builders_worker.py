@@ -189,6 +189,7 @@ class TestPlacement:
             ("spread", True, False, False),
             ("pack", False, True, False),
             ("largest-first", False, False, True),
+            ("isolation", False, False, False),
         ],
     )
     def test_placement(
@@ -247,6 +248,66 @@ class TestPlacement:
             "values": ["gpu-1", "gpu-3"],
         } in term["matchExpressions"]
         assert len(term["matchExpressions"]) == 2  # ANDed with the memory rule
+
+    def test_isolation_keeps_every_other_kubeinfer_worker_off_the_node(
+        self, meta: ObjectMeta, images: Images, valid_manifest: Validate
+    ) -> None:
+        pod = pod_for(meta, images, gpu={"placement": "isolation"})
+        valid_manifest(pod)
+        (term,) = pod["spec"]["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["namespaceSelector"] == {}  # every namespace
+        assert term["labelSelector"]["matchLabels"] == {
+            "app.kubernetes.io/managed-by": "kubeinfer-operator",
+            "app.kubernetes.io/component": "worker",
+        }
+
+    def test_manual_pinning_joins_kubeinfers_own_rules(
+        self, meta: ObjectMeta, images: Images, valid_manifest: Validate
+    ) -> None:
+        zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+        pool = {"key": "pool", "operator": "Exists"}
+        pod = build_worker_pod(
+            meta,
+            make_spec(
+                gpu={
+                    "product": "NVIDIA-H100-80GB-HBM3",
+                    "nodeSelector": {"pool": "llm"},
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [zone]},
+                                {"matchExpressions": [pool]},
+                            ]
+                        },
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {"weight": 7, "preference": {"matchExpressions": [pool]}}
+                        ],
+                    },
+                }
+            ),
+            revision="abcdef1234",
+            replica=0,
+            images=images,
+            exclude_nodes=("gpu-3",),
+        )
+        valid_manifest(pod)
+        assert pod["spec"]["nodeSelector"] == {
+            "pool": "llm",
+            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        }
+        node_affinity = pod["spec"]["affinity"]["nodeAffinity"]
+        lost = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["gpu-3"]}
+        # Terms are ORed: the lost node stays excluded whichever term matches.
+        assert node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] == {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{**zone}, lost]},
+                {"matchExpressions": [{**pool, "values": []}, lost]},
+            ]
+        }
+        assert node_affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 7
 
     def test_gpu_taint_always_tolerated_plus_users(self, meta: ObjectMeta, images: Images) -> None:
         pod = pod_for(

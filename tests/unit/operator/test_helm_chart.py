@@ -19,7 +19,7 @@ from kubeinfer.localcluster.build import HELM, BuildError, ensure_target
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.crdgen import build_crd, render_crd
 from kubeinfer.operator.docgen import render_cluster_role
-from kubeinfer.operator.rbac import operator_rules
+from kubeinfer.operator.rbac import operator_rules, viewer_cluster_role, viewer_rules
 
 Validate = Callable[[dict[str, Any]], None]
 Render = Callable[..., list[dict[str, Any]]]
@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "helm" / "kubeinfer"
 CHART_CRD = CHART / "crds" / "kubeinfer.io_inferenceservices.yaml"
 CHART_RULES = CHART / "files" / "operator-clusterrole.yaml"
+CHART_VIEWER = CHART / "files" / "viewer-clusterrole.yaml"
 NAMESPACE = "kubeinfer-system"
 # helm's built-in default is old unless set at link time; pin what we validate against.
 KUBE_VERSION = "1.36.0"
@@ -93,6 +94,11 @@ class TestGeneratedFiles:
         assert CHART_RULES.read_text() == render_cluster_role(), (
             "helm/kubeinfer/files/operator-clusterrole.yaml is out of date: run "
             "`kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml` and commit it"
+        )
+
+    def test_chart_viewer_rules_match_rbac_py(self) -> None:
+        assert yaml.safe_load(CHART_VIEWER.read_text()) == viewer_cluster_role(), (
+            "helm/kubeinfer/files/viewer-clusterrole.yaml is out of date: run `make crds`"
         )
 
     def test_chart_and_app_versions_match_the_images(self) -> None:
@@ -198,6 +204,13 @@ class TestRenderedObjects:
 class TestRBAC:
     def test_cluster_role_grants_exactly_rbac_py(self, render: Render) -> None:
         assert one(render(), "ClusterRole")["rules"] == operator_rules()
+
+    def test_viewer_role_is_optional_and_read_only(self, render: Render) -> None:
+        roles = [o for o in render({"rbac": {"viewer": True}}) if o["kind"] == "ClusterRole"]
+        (viewer,) = [r for r in roles if r["metadata"]["name"].endswith("-viewer")]
+        assert viewer["rules"] == viewer_rules()
+        verbs = {verb for rule in viewer["rules"] for verb in rule["verbs"]}
+        assert verbs <= {"get", "list", "watch"}
 
     def test_binding_grants_it_to_the_operator_service_account(self, render: Render) -> None:
         objects = render()

@@ -112,6 +112,39 @@ def test_merge_adds_counters_and_histograms_of_processes() -> None:
     assert merged["counters"]["responses"] == {"200": 36}
 
 
+def test_per_backend_window_running_and_gpu_merge_over_processes() -> None:
+    one = _pool_snapshot(10, 0, 0.010)
+    two = _pool_snapshot(30, 0, 0.100)
+    one["backends"][0]["oldestRunningSeconds"] = 2.5
+    two["backends"][0]["oldestRunningSeconds"] = 7.0
+    two["backends"][0]["gpu"] = {"uuid": "GPU-1", "memoryUsedBytes": 5}
+    doc = render_debug(merge_snapshots([one, two]))
+    backend = doc["backends"][0]
+    assert backend["window"]["requests"] == 40
+    assert backend["window"]["p50LatencyMs"] == pytest.approx(100.0, rel=0.05)
+    assert backend["window"]["p50TtftMs"] == pytest.approx(50.0, rel=0.05)
+    assert backend["oldestRunningSeconds"] == 7.0  # the oldest of all processes
+    assert backend["gpu"] == {"uuid": "GPU-1", "memoryUsedBytes": 5}
+
+
+def test_oldest_running_attempt_is_measured_from_its_start() -> None:
+    pool = Pool(clock=lambda: 50.0)
+    from kubeinfer.operator.api.routing import RoutingTable
+
+    pool.apply(
+        RoutingTable.model_validate(
+            {
+                "service": "s",
+                "model": "m",
+                "backends": [{"name": "a", "url": "http://127.0.0.1:1", "revision": "r1"}],
+            }
+        )
+    )
+    assert pool.snapshot(50.0, 0.0)["backends"][0]["oldestRunningSeconds"] is None
+    pool.backends["a"].running.update({1: 40.0, 2: 45.0})
+    assert pool.snapshot(50.0, 0.0)["backends"][0]["oldestRunningSeconds"] == 10.0
+
+
 def test_debug_document_has_the_agreed_shape() -> None:
     doc = render_debug(_pool_snapshot(5, 0, 0.020))
     assert set(doc) == {"generation", "model", "backends", "revisions", "queue"}
@@ -128,7 +161,12 @@ def test_debug_document_has_the_agreed_shape() -> None:
         "queueDepth",
         "requests",
         "errors",
+        "window",
+        "oldestRunningSeconds",
+        "kvUsage",
+        "gpu",
     }
+    assert set(doc["backends"][0]["window"]) == set(doc["revisions"]["r1"]["window"])
     assert set(doc["revisions"]["r1"]) == {"requests", "errors", "window"}
     assert set(doc["revisions"]["r1"]["window"]) == {
         "seconds",
