@@ -41,6 +41,7 @@ crds: install
 	$(BIN)/kubeinfer crds --out helm/kubeinfer/crds/
 	$(BIN)/kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml
 	$(BIN)/kubeinfer docs --out docs/api.md
+	$(BIN)/kubeinfer monitoring --out helm/kubeinfer/files
 
 # The Go binaries of the local cluster (cached outside the repo; the first
 # build takes many minutes, later ones seconds).

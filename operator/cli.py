@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     docs = sub.add_parser("docs", help="write the API field reference generated from the models")
     docs.add_argument("--out", default="docs/api.md", help="file to write ('-': stdout)")
     sub.add_parser("rbac", help="print the operator's ClusterRole YAML (the Helm chart ships it)")
+    monitoring = sub.add_parser(
+        "monitoring", help="write the chart's dashboards, alert rules and scrape configs"
+    )
+    monitoring.add_argument("--out", default="helm/kubeinfer/files", help="folder to write into")
     from kubeinfer.operator import rolloutcli
 
     rolloutcli.add_parsers(sub)
@@ -38,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         from kubeinfer.operator.crdgen import write_crds
 
         for path in write_crds(parsed.out):
+            print(path)
+        return 0
+    if parsed.command == "monitoring":
+        # Lazily: grafana-foundation-sdk is a development dependency.
+        from kubeinfer.operator.monitoring.generate import write_files
+
+        for path in write_files(parsed.out):
             print(path)
         return 0
     if parsed.command in ("docs", "rbac"):

@@ -53,6 +53,7 @@ async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_
         http=aiohttp.ClientSession(),
         images=options.images,
         resync_seconds=options.resync_seconds,
+        fleet=options.fleet,
     )
 
 
@@ -132,3 +133,5 @@ async def reconcile_inference_service(
             delay = ERROR_BACKOFF_SECONDS
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
+    # Deleted (or no longer ours): its gauges go with it.
+    ctx.fleet.forget(*key)
