@@ -73,7 +73,8 @@ async def gpu(request: web.Request) -> web.Response:
     return _json(body)
 
 
-def _engine_up(up: bool) -> bytes:
+def engine_metrics_up_text(up: bool) -> bytes:
+    """The agent's own line about the engine's page, in the exposition format."""
     return (
         b"# HELP kubeinfer_worker_engine_metrics_up 1 when the engine's /metrics answered "
         b"this scrape (its series follow).\n"
@@ -86,7 +87,7 @@ async def metrics(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     body = generate_latest(registry)
     engine = await request.app[ENGINE].metrics_text(ENGINE_METRICS_TIMEOUT_S)
-    body += _engine_up(engine is not None)
+    body += engine_metrics_up_text(engine is not None)
     if engine:
         # Both pages are Prometheus text with disjoint families (kubeinfer_*
         # here; vllm:*, python_*, process_* there), so they concatenate.
