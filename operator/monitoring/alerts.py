@@ -82,8 +82,7 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "critical",
         "{{ $labels.namespace }}/{{ $labels.kubeinfer_io_service }} answers "
         "{{ $value | humanizePercentage }} of requests with 5xx",
-        f"More than {ERROR_RATE:.0%} of client requests through the router failed "
-        "for 5 minutes.",
+        f"More than {ERROR_RATE:.0%} of client requests through the router failed for 5 minutes.",
     ),
     Alert(
         "KubeinferHighTTFT",
@@ -143,8 +142,7 @@ ALERTS: Final[tuple[Alert, ...]] = (
     ),
     Alert(
         "KubeinferInsufficientGPU",
-        'kubeinfer_inferenceservice_condition{condition="Degraded", reason="InsufficientGPU"}'
-        " == 1",
+        'kubeinfer_inferenceservice_condition{condition="Degraded", reason="InsufficientGPU"} == 1',
         "5m",
         "warning",
         "{{ $labels.service_namespace }}/{{ $labels.kubeinfer_io_service }}: worker pods "

@@ -265,7 +265,9 @@ SERVICE = Dashboard(
         Panel(
             "Latency per GPU",
             "s",
-            _quantiles("kubeinfer_router_backend_request_duration_seconds", "backend", "{{backend}}"),
+            _quantiles(
+                "kubeinfer_router_backend_request_duration_seconds", "backend", "{{backend}}"
+            ),
         ),
         Panel(
             "Time to first token per GPU",
@@ -450,8 +452,7 @@ def _variables(names: tuple[str, ...]) -> list[gd.QueryVariable | gd.DatasourceV
     queries = {
         lb.VAR_NAMESPACE: f"label_values({source}, {lb.SERVICE_NAMESPACE})",
         lb.VAR_SERVICE: (
-            f'label_values({source}{{{lb.SERVICE_NAMESPACE}=~"${lb.VAR_NAMESPACE}"}}, '
-            f"{lb.SERVICE})"
+            f'label_values({source}{{{lb.SERVICE_NAMESPACE}=~"${lb.VAR_NAMESPACE}"}}, {lb.SERVICE})'
         ),
     }
     titles = {lb.VAR_NAMESPACE: "Namespace", lb.VAR_SERVICE: "InferenceService"}

@@ -31,7 +31,9 @@ class PrometheusMissingError(RuntimeError):
 
 def tool(name: str) -> Path:
     """The path of ``prometheus`` or ``promtool``; raises PrometheusMissingError."""
-    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    found = shutil.which(name) or (
+        f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
+    )
     if not found:
         raise PrometheusMissingError(f"{name} is not installed: {INSTALL_HINT}")
     return Path(found)

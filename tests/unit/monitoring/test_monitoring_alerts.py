@@ -34,14 +34,18 @@ def ttft(le_fast: str) -> list[dict[str, str]]:
     return [
         series("kubeinfer_router_backend_ttft_seconds_bucket", {**ROUTER, "le": "0.5"}, fast),
         series("kubeinfer_router_backend_ttft_seconds_bucket", {**ROUTER, "le": "5.0"}, "0+100x20"),
-        series("kubeinfer_router_backend_ttft_seconds_bucket", {**ROUTER, "le": "+Inf"}, "0+100x20"),
+        series(
+            "kubeinfer_router_backend_ttft_seconds_bucket", {**ROUTER, "le": "+Inf"}, "0+100x20"
+        ),
     ]
 
 
 def requests(ok_per_min: int, errors_per_min: int, code: str = "500") -> list[dict[str, str]]:
     return [
         series("kubeinfer_router_requests_total", {**ROUTER, "code": "200"}, f"0+{ok_per_min}x20"),
-        series("kubeinfer_router_requests_total", {**ROUTER, "code": code}, f"0+{errors_per_min}x20"),
+        series(
+            "kubeinfer_router_requests_total", {**ROUTER, "code": code}, f"0+{errors_per_min}x20"
+        ),
     ]
 
 
@@ -104,7 +108,7 @@ CASES: list[tuple[str, str, list[dict[str, str]], str, list[dict[str, str]]]] = 
     (
         "KubeinferGPUFault", "fires on an Xid",
         [series("kubeinfer_gpu_healthy", POD, "1x5"),
-         series("kubeinfer_gpu_xid_events_total", {**POD, "gpu": "GPU-1", "xid": "48"}, "0 0 1 1 1")],
+         series("kubeinfer_gpu_xid_events_total", {**POD, "gpu": "G", "xid": "48"}, "0 0 1 1 1")],
         "3m", [POD],
     ),
     (

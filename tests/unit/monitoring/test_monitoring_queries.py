@@ -21,8 +21,8 @@ from kubeinfer.operator.monitoring.dashboards import DASHBOARDS
 from kubeinfer.operator.monitoring.promql import exposed_names, metric_names, substitute
 from kubeinfer.router import metrics as router_metrics
 from kubeinfer.worker.agent import Agent, WatchedGpu
-from kubeinfer.worker.agentmetrics import agent_registry
 from kubeinfer.worker.agenthttp import engine_metrics_up_text
+from kubeinfer.worker.agentmetrics import agent_registry
 from kubeinfer.worker.config import parse_worker_args
 from kubeinfer.worker.nvml import DeviceSelector, Gpu
 from kubeinfer.worker.simnvml import SimulatedGpu
@@ -51,7 +51,9 @@ def _router_names() -> set[str]:
 
 
 def _agent_names() -> set[str]:
-    config = parse_worker_args(["--engine", "simulated", "--model-spec", '{"name": "m", "source": "o/m"}'], {})
+    config = parse_worker_args(
+        ["--engine", "simulated", "--model-spec", '{"name": "m", "source": "o/m"}'], {}
+    )
     simulated = SimulatedGpu()
     gpu = Gpu.open(simulated, DeviceSelector())
     agent = Agent(config, WatchedGpu(gpu, gpu.snapshot(time.time()), simulated), ["engine"], {})
@@ -67,8 +69,8 @@ def _operator_names() -> set[str]:
     return exposed_names(generate_latest(REGISTRY).decode() + generate_latest(registry).decode())
 
 
-EXPORTED = _router_names() | _agent_names() | _operator_names() | exposed_names(
-    VLLM_METRICS.read_text()
+EXPORTED = (
+    _router_names() | _agent_names() | _operator_names() | exposed_names(VLLM_METRICS.read_text())
 )
 
 

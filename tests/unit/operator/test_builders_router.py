@@ -101,7 +101,10 @@ def test_network_policy_admits_only_routers_and_prometheus(meta: ObjectMeta) -> 
         ],
         "ports": [{"protocol": "TCP", "port": 8081}],
     }
-    assert ingress["ports"] == [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8081}]
+    assert ingress["ports"] == [
+        {"protocol": "TCP", "port": 8000},
+        {"protocol": "TCP", "port": 8081},
+    ]
     assert ingress["from"] == [
         {
             "podSelector": {
