@@ -197,8 +197,11 @@ def run(keep: bool, plot: Path = PLOT) -> int:
         )
         show(kube, "get", "infsvc", "-n", NAMESPACE)
         with demo_monitor(kube, [NAMESPACE, "kubeinfer-system"], NAME, say) as monitor:
-            load = asyncio.run(scenario(kube, state, monitor))
-            say(f"picture of the run (from Prometheus): {monitor.plot(plot.resolve())}")
+            try:
+                load = asyncio.run(scenario(kube, state, monitor))
+            finally:
+                # Also when a step failed: the picture shows where it stopped.
+                say(f"picture of the run (from Prometheus): {monitor.plot(plot.resolve())}")
         say(f"traffic: {load.summary()}")
         if load.outcomes["failed"]:
             say(f"FAILED requests: {load.failures[:5]}")
