@@ -164,6 +164,14 @@ def live_names(prometheus: PrometheusServer) -> set[str]:
     return names
 
 
+STARTED = [time.monotonic()]
+
+
+def step(what: str) -> None:
+    """Progress with elapsed time (shown when the test fails, or with -s)."""
+    print(f"[{time.monotonic() - STARTED[0]:6.1f}s] {what}", flush=True)
+
+
 async def test_prometheus_sees_every_panel_and_the_alerts_fire(
     kube: KubeClient,
     namespace: str,
@@ -174,8 +182,11 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
     spec = simulated_service(NAME, replicas=2, worker={"simulator": {"loadSeconds": 3}})
     spec["spec"]["rollout"]["analysis"] = {"minRequests": 10, "maxErrorRate": 0.05}
     spec["spec"]["routing"]["retries"] = 3
+    STARTED[0] = time.monotonic()
+    step("apply the InferenceService")
     apply_isvc(kube, namespace, spec)
     wait_condition(kube, namespace, NAME, "Ready", timeout=90)
+    step("Ready")
 
     # Operator, router and both workers, found through the API server.
     def all_up() -> list[dict[str, Any]] | None:
@@ -185,6 +196,7 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
         return targets if up and components == ["operator", "router", "worker", "worker"] else None
 
     targets = wait_for(all_up, 60, interval=0.5, what="4 healthy scrape targets")
+    step("4 targets up")
     for target in targets:
         labels = target["labels"]
         assert labels["namespace"] == namespace
@@ -219,16 +231,20 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
         )
         victim = worker_pods(kube, namespace, NAME)[0]["metadata"]["name"]
         since = silent_now(prometheus, "KubeinferWorkersNotReady")
+        step(f"kill {victim}")
         kill_pod(Path(local_cluster.root), namespace, victim)
         fired = await until_fired(prometheus, "KubeinferWorkersNotReady", since, 60)
+        step("KubeinferWorkersNotReady fired")
         assert fired["kubeinfer_io_service"] == NAME
         assert fired["service_namespace"] == namespace
         await asyncio.to_thread(wait_condition, kube, namespace, NAME, "Ready", "True", 60)
 
         spec["spec"]["worker"]["simulator"]["errorRate"] = 0.6
         since = silent_now(prometheus, "KubeinferCanaryRolledBack")
+        step("roll out a bad canary")
         apply_isvc(kube, namespace, spec)
         fired = await until_fired(prometheus, "KubeinferCanaryRolledBack", since, 120)
+        step("KubeinferCanaryRolledBack fired")
         assert fired["kubeinfer_io_service"] == NAME
         assert get_isvc(kube, namespace, NAME)["status"]["rollout"]["phase"] == "Failed"
 
@@ -249,6 +265,7 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
 
         try:
             await async_wait_for(all_have_data, 30, interval=1, what="every panel to have data")
+            step("every panel query has data")
         except AssertionError:
             raise AssertionError("panels without data:\n" + "\n".join(still_empty)) from None
     assert load.outcomes["failed"] == 0, load.failures[:5]
