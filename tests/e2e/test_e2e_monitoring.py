@@ -2,9 +2,11 @@
 operator, router and worker pods through Kubernetes service discovery,
 with the chart's scrape configuration, rules and dashboards.
 
-The operator runs as a pod, installed by the chart (`helm install`) and
-watching only this test's namespace; the session's operator process is
-stopped meanwhile, so that one operator acts on the InferenceService.
+The operator runs as a pod, installed by the chart (`helm install`); the
+session's operator process is stopped meanwhile, so that one operator acts
+on the InferenceService. (Not `operator.watchNamespaces`: with it, kopf
+first retries listing namespaces, which the least-privilege ClusterRole
+does not grant, for about 55 s.)
 
 Debian's Prometheus is built without `kubernetes_sd_configs`, so the pods
 are discovered by `kubeinfer.localcluster.podsd` (the API server's pod list
@@ -83,7 +85,7 @@ def operator_pod(
     local_cluster: ClusterState,
     running_operator: OperatorProcess,
 ) -> Iterator[None]:
-    """The chart's operator as a pod serving `namespace` (the session's process paused)."""
+    """The chart's operator as a pod (the session's operator process paused)."""
     try:
         helm = ensure_target(HELM, lambda _: None) / "helm"
     except BuildError as error:
@@ -92,7 +94,6 @@ def operator_pod(
     base = [str(helm), "--kubeconfig", local_cluster.kubeconfig, "--namespace", namespace]
     install = [
         *base, "install", RELEASE, str(REPO / "helm" / "kubeinfer"),
-        "--set", f"operator.watchNamespaces={{{namespace}}}",
         "--set", "operator.resyncSeconds=1",
         "--wait", "--timeout", "120s",
     ]  # fmt: skip
