@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 LINKTREE = $(subst $(eval) ,:,$(wildcard build/__editable__.kubeinfer-* tests/localcluster/build/__editable__.kubeinfer_localcluster-*))
 PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' 2>/dev/null)
 
-.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build prereqs
+.PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build prereqs prometheus
 
 install: $(VENV)/.deps $(VENV)/.src
 
@@ -46,6 +46,7 @@ crds: install
 	$(BIN)/kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml
 	$(BIN)/kubeinfer rbac --viewer > helm/kubeinfer/files/viewer-clusterrole.yaml
 	$(BIN)/kubeinfer docs --out docs/api.md
+	$(BIN)/kubeinfer monitoring --out helm/kubeinfer/files
 
 # The Go binaries of the local cluster (cached outside the repo; the first
 # build takes many minutes, later ones seconds).
@@ -64,12 +65,27 @@ vllm-build: install
 prereqs: install
 	$(MAKE) -j2 cluster-build vllm-build
 
-pytest: install prereqs
+# Debian's prometheus package (prometheus + promtool) for the monitoring
+# tests and the demo's picture. Its service is never started: policy-rc.d
+# answers 101 while apt-get runs, and tests run the binary on loopback.
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "make prometheus: no apt-get here; install Prometheus >= 2.42 (prometheus and promtool on PATH)" >&2; exit 1; }; \
+	SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	POLICY=/usr/sbin/policy-rc.d; ADDED=; \
+	if [ ! -e $$POLICY ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod +x $$POLICY && ADDED=1; fi; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; STATUS=$$?; \
+	if [ $$STATUS != 0 ]; then $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; STATUS=$$?; fi; \
+	if [ -n "$$ADDED" ]; then $$SUDO rm -f $$POLICY; fi; \
+	if [ $$STATUS != 0 ]; then echo "make prometheus: apt-get install prometheus failed" >&2; exit 1; fi; \
+	command -v promtool >/dev/null || { echo "make prometheus: promtool missing after install" >&2; exit 1; }
+
+pytest: install prereqs prometheus
 	$(BIN)/pytest -q -ra --durations=20
 
 test: lint typecheck pytest
 
-demo: cluster-build
+demo: cluster-build prometheus
 	$(BIN)/kubeinfer demo
 
 clean:

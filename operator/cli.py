@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None, prog: str = "kubeinfer") -> int:
         action="store_true",
         help="the read-only ClusterRole for `kubectl kubeinfer` users instead",
     )
+    monitoring = sub.add_parser(
+        "monitoring", help="write the chart's dashboards, alert rules and scrape configs"
+    )
+    monitoring.add_argument("--out", default="helm/kubeinfer/files", help="folder to write into")
     from kubeinfer.operator import gpuscli, previewcli, rolloutcli, topcli
 
     rolloutcli.add_parsers(sub)
@@ -78,6 +82,13 @@ def main(argv: list[str] | None = None, prog: str = "kubeinfer") -> int:
         from kubeinfer.operator.crdgen import write_crds
 
         for path in write_crds(parsed.out):
+            print(path)
+        return 0
+    if parsed.command == "monitoring":
+        # Lazily: grafana-foundation-sdk is a development dependency.
+        from kubeinfer.operator.monitoring.generate import write_files
+
+        for path in write_files(parsed.out):
             print(path)
         return 0
     if parsed.command in ("docs", "rbac"):

@@ -53,6 +53,7 @@ async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_
         http=aiohttp.ClientSession(),
         images=options.images,
         resync_seconds=options.resync_seconds,
+        fleet=options.fleet,
     )
 
 
@@ -149,3 +150,5 @@ async def reconcile_inference_service(
                     await report_refusal(ctx, dict(body), refused, emit)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
+    # Deleted (or no longer ours): its gauges go with it.
+    ctx.fleet.forget(*key)

@@ -10,12 +10,14 @@ import prometheus_client
 import uvloop
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.builders.common import Images
+from kubeinfer.operator.metrics import FleetCollector, register_fleet
 
 
 @dataclass(frozen=True)
 class Options:
     images: Images
     resync_seconds: float
+    fleet: FleetCollector
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             worker=args.worker_image, worker_cpu=args.worker_cpu_image, router=args.router_image
         ),
         resync_seconds=args.resync_seconds,
+        fleet=register_fleet(),
     )
     uvloop.run(
         kopf.operator(

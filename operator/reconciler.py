@@ -44,6 +44,7 @@ from kubeinfer.operator.builders.routing import build_routes_configmap, build_ro
 from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
+from kubeinfer.operator.metrics import FleetCollector
 from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
 from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile, spec_warnings
 from kubeinfer.operator.retry import Refusal
@@ -62,6 +63,8 @@ class OperatorContext:
     http: aiohttp.ClientSession
     images: Images
     resync_seconds: float = 10.0
+    # The per-InferenceService gauges of /metrics (see kubeinfer.operator.metrics).
+    fleet: FleetCollector = field(default_factory=FleetCollector)
     # Hashes of what was last applied per object, so a steady state costs
     # no writes. Lost on restart: the first reconcile then re-applies
     # (server-side apply makes that a no-op).
@@ -291,6 +294,9 @@ async def reconcile(
     await _publish_table(ctx, isvc, plan)
     await _act_on_pods(ctx, isvc, plan, now)
     await _write_status(ctx, isvc, plan.status)
+    ctx.fleet.record(
+        isvc.metadata.namespace, isvc.metadata.name, isvc.spec.replicas, plan.status
+    )
     for event in plan.events:
         logger.info(
             "%s/%s %s: %s", isvc.metadata.namespace, isvc.metadata.name, event.reason, event.message

@@ -51,6 +51,18 @@ WORKER_HTTP_PORT: Final = 8000  # vLLM's OpenAI-compatible server
 WORKER_AGENT_PORT: Final = 8081  # kubeinfer agent: /ready /live /gpu /metrics
 ROUTER_HTTP_PORT: Final = 8080
 
+# Scraping (docs/operations.md): worker and router pods carry the
+# prometheus.io annotations that annotation-based scrape configs read; the
+# worker's agent port serves the agent's series and the engine's.
+ANNOTATION_SCRAPE: Final = "prometheus.io/scrape"
+ANNOTATION_SCRAPE_PORT: Final = "prometheus.io/port"
+ANNOTATION_SCRAPE_PATH: Final = "prometheus.io/path"
+METRICS_PATH: Final = "/metrics"
+# Prometheus pods (kube-prometheus-stack and the prometheus chart label them
+# so) may reach the workers' agent port through the workers' NetworkPolicy.
+LABEL_PROMETHEUS_NAME: Final = "app.kubernetes.io/name"
+PROMETHEUS_NAME: Final = "prometheus"
+
 # Environment understood by all kubeinfer processes.
 # In a real pod processes bind 0.0.0.0 (kubectl port-forward needs it). The
 # local runtime runs every pod on the host network, so it sets this to the

@@ -103,3 +103,12 @@ def field_env(name: str, field_path: str) -> dict[str, Any]:
 
 def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """prometheus.io/* annotations: the same port and path as the chart's PodMonitors."""
+    return {
+        c.ANNOTATION_SCRAPE: "true",
+        c.ANNOTATION_SCRAPE_PORT: str(port),
+        c.ANNOTATION_SCRAPE_PATH: c.METRICS_PATH,
+    }

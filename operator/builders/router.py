@@ -16,6 +16,7 @@ from kubeinfer.operator.builders.common import (
     restricted_pod_security,
     router_name,
     router_selector,
+    scrape_annotations,
     secret_env,
     worker_selector,
 )
@@ -114,7 +115,7 @@ def build_router_deployment(
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
+                    "annotations": scrape_annotations(c.ROUTER_HTTP_PORT),
                 },
                 "spec": {
                     "serviceAccountName": router_name(meta.name),
@@ -180,7 +181,20 @@ def build_worker_network_policy(meta: ObjectMeta) -> dict[str, Any]:
                         {"protocol": "TCP", "port": c.WORKER_HTTP_PORT},
                         {"protocol": "TCP", "port": c.WORKER_AGENT_PORT},
                     ],
-                }
+                },
+                {
+                    # Prometheus (any namespace) scrapes the agent's
+                    # /metrics; the engine's API port stays routers-only.
+                    "from": [
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {
+                                "matchLabels": {c.LABEL_PROMETHEUS_NAME: c.PROMETHEUS_NAME}
+                            },
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": c.WORKER_AGENT_PORT}],
+                },
             ],
         },
     }

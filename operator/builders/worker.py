@@ -19,6 +19,7 @@ from kubeinfer.operator.builders.common import (
     field_env,
     restricted_container_security,
     restricted_pod_security,
+    scrape_annotations,
     secret_env,
     worker_selector,
 )
@@ -353,7 +354,7 @@ def build_worker_pod(
                 "labelSelector": {"matchLabels": worker_selector(meta.name)},
             }
         ]
-    annotations = {}
+    annotations = scrape_annotations(c.WORKER_AGENT_PORT)
     if replaces:
         annotations[c.ANNOTATION_REPLACES] = replaces
     if failures:

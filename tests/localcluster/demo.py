@@ -8,8 +8,11 @@
 4. steady OpenAI-client traffic through the router for the rest of the demo;
 5. kill a worker; roll out a broken revision (rolled back automatically);
    roll out a good one (promoted step by step);
-6. print what every request did, then tear the cluster down (``--keep``
-   leaves it running for `eval $(kubeinfer cluster env)`).
+6. print what every request did, draw what a real Prometheus scraped
+   during steps 4-5 (requests/s, errors, p99 latency, canary weight, ready
+   replicas, with the kill/rollback/promotion moments) into a PNG and print
+   its path, then tear the cluster down (``--keep`` leaves it running for
+   `eval $(kubeinfer cluster env)`).
 
 Every step waits on a condition with a deadline and stops the demo with the
 reason when it is not met.
@@ -31,6 +34,7 @@ import yaml
 from kubeinfer.localcluster import controlplane
 from kubeinfer.localcluster.build import ensure_all
 from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.localcluster.demoplot import DemoMonitor, demo_monitor
 from kubeinfer.localcluster.failures import admin_client, kill_pod
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
@@ -38,6 +42,7 @@ from kubeinfer.localcluster.waiting import wait_for
 from kubeinfer.operator.api import constants as c
 
 REPO = Path(__file__).resolve().parents[2]
+PLOT = REPO / "build" / "kubeinfer-demo.png"
 NAMESPACE = "demo"
 NAME = "demo"
 STARTED = time.monotonic()
@@ -115,7 +120,7 @@ def router_base(kube: KubeClient) -> str:
     return str(wait(ready, 60, "a ready router pod"))
 
 
-async def scenario(kube: KubeClient, state: ClusterState) -> Load:
+async def scenario(kube: KubeClient, state: ClusterState, monitor: DemoMonitor) -> Load:
     base = router_base(kube)
     say(f"sending OpenAI-client traffic to the router at {base} (4 clients, every 4th streams)")
     load = Load(base, "demo-model", clients=4)
@@ -126,6 +131,7 @@ async def scenario(kube: KubeClient, state: ClusterState) -> Load:
         )["items"]
         victim = pods[0]["metadata"]["name"]
         say(f"kill -9 the worker process of {victim} (the router retries, the runtime restarts it)")
+        monitor.mark("worker killed")
         kill_pod(Path(state.root), NAMESPACE, victim)
         before = load.total()
         await asyncio.to_thread(
@@ -135,6 +141,7 @@ async def scenario(kube: KubeClient, state: ClusterState) -> Load:
 
         stable = status_field(kube, "stableRevision")
         say("roll out a broken revision (its engine fails half of all requests)")
+        monitor.mark("bad canary")
         patch_simulator(kube, {"errorRate": 0.5})
         await asyncio.to_thread(
             wait,
@@ -142,6 +149,7 @@ async def scenario(kube: KubeClient, state: ClusterState) -> Load:
             120,
             "the automatic rollback",
         )
+        monitor.mark("rolled back")
         show(kube, "get", "infsvc", "-n", NAMESPACE)
         status = await asyncio.to_thread(
             subprocess.run,
@@ -154,6 +162,7 @@ async def scenario(kube: KubeClient, state: ClusterState) -> Load:
         print(status.stdout, flush=True)
 
         say("roll out a good revision (faster per-token time): canary 25% -> 50% -> 100%")
+        monitor.mark("good canary")
         patch_simulator(kube, {"errorRate": 0.0, "tpotMs": 1})
         await asyncio.to_thread(
             wait,
@@ -164,12 +173,13 @@ async def scenario(kube: KubeClient, state: ClusterState) -> Load:
             180,
             "the promotion",
         )
+        monitor.mark("promoted")
         show(kube, "get", "infsvc", "-n", NAMESPACE, "-o", "wide")
         show(kube, "get", "pods", "-n", NAMESPACE, "-o", "wide")
     return load
 
 
-def run(keep: bool) -> int:
+def run(keep: bool, plot: Path = PLOT) -> int:
     root = Path(tempfile.mkdtemp(prefix="kubeinfer-demo-"))
     say("building (first run: many minutes) and starting the local control plane")
     tools = ensure_all(lambda m: say(m))
@@ -186,7 +196,12 @@ def run(keep: bool) -> int:
             "wait", "-n", NAMESPACE, "--for=condition=Ready", "--timeout=120s", f"infsvc/{NAME}"
         )
         show(kube, "get", "infsvc", "-n", NAMESPACE)
-        load = asyncio.run(scenario(kube, state))
+        with demo_monitor(kube, [NAMESPACE, "kubeinfer-system"], NAME, say) as monitor:
+            try:
+                load = asyncio.run(scenario(kube, state, monitor))
+            finally:
+                # Also when a step failed: the picture shows where it stopped.
+                say(f"picture of the run (from Prometheus): {monitor.plot(plot.resolve())}")
         say(f"traffic: {load.summary()}")
         if load.outcomes["failed"]:
             say(f"FAILED requests: {load.failures[:5]}")
@@ -203,4 +218,6 @@ def run(keep: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubeinfer demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
-    return run(parser.parse_args(argv).keep)
+    parser.add_argument("--plot", type=Path, default=PLOT, help="where to write the PNG")
+    args = parser.parse_args(argv)
+    return run(args.keep, args.plot)

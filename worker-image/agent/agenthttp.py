@@ -4,25 +4,34 @@ GET  /ready          200 when the engine answers, the GPU is healthy and
                      the worker is not draining; 503 otherwise
 GET  /live           200 while the agent runs (it exits on fatal faults)
 GET  /gpu            the last NVML snapshot as JSON (404 without a GPU)
-GET  /metrics        GPU (when there is one) and agent metrics (Prometheus)
+GET  /metrics        GPU (when there is one) and agent metrics, followed by the
+                     engine's own (vLLM's vllm:* series): one scrape target per
+                     worker, and Prometheus never needs the engine's API port
 GET  /admin/faults   current fault settings (simulated engine only)
 POST /admin/faults   change them (see docs/worker.md)
 """
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from kubeinfer.operator.api import Engine
 from kubeinfer.worker.agent import Agent
 from kubeinfer.worker.agentmetrics import agent_registry
 from kubeinfer.worker.faults import FaultUpdate
+from kubeinfer.worker.probe import EngineProbe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
 AGENT = web.AppKey("agent", Agent)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+ENGINE = web.AppKey("engine", EngineProbe)
+# A scrape must not wait long for a stuck engine: Prometheus' default
+# scrape timeout is 10 s, and the agent's own series matter most then.
+ENGINE_METRICS_TIMEOUT_S = 3.0
 # Fault bodies are tiny; anything bigger is a mistake.
 MAX_ADMIN_BODY = 16 * 1024
 
@@ -64,9 +73,25 @@ async def gpu(request: web.Request) -> web.Response:
     return _json(body)
 
 
+def engine_metrics_up_text(up: bool) -> bytes:
+    """The agent's own line about the engine's page, in the exposition format."""
+    return (
+        b"# HELP kubeinfer_worker_engine_metrics_up 1 when the engine's /metrics answered "
+        b"this scrape (its series follow).\n"
+        b"# TYPE kubeinfer_worker_engine_metrics_up gauge\n"
+        b"kubeinfer_worker_engine_metrics_up " + (b"1" if up else b"0") + b"\n"
+    )
+
+
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     body = generate_latest(registry)
+    engine = await request.app[ENGINE].metrics_text(ENGINE_METRICS_TIMEOUT_S)
+    body += engine_metrics_up_text(engine is not None)
+    if engine:
+        # Both pages are Prometheus text with disjoint families (kubeinfer_*
+        # here; vllm:*, python_*, process_* there), so they concatenate.
+        body += engine if engine.endswith(b"\n") else engine + b"\n"
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -101,6 +126,13 @@ def agent_app(agent: Agent) -> web.Application:
     app = web.Application(client_max_size=MAX_ADMIN_BODY)
     app[AGENT] = agent
     app[REGISTRY] = agent_registry(agent)
+
+    async def engine_client(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            app[ENGINE] = EngineProbe(session, agent.config.probe_host, agent.config.port)
+            yield
+
+    app.cleanup_ctx.append(engine_client)
     app.router.add_get("/ready", ready)
     app.router.add_get("/live", live)
     app.router.add_get("/gpu", gpu)

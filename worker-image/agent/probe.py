@@ -104,3 +104,13 @@ class EngineProbe:
                 return parse_engine_load(await response.read())
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None
+
+    async def metrics_text(self, timeout_s: float = 2.0) -> bytes | None:
+        """The engine's /metrics page as it is; None when it does not answer."""
+        try:
+            async with self._session.get(
+                self.base + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                return await response.read() if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None

@@ -86,10 +86,25 @@ def test_operator_never_writes_specs_or_secrets() -> None:
             assert "update" not in rule["verbs"]
 
 
-def test_network_policy_admits_only_routers(meta: ObjectMeta) -> None:
+def test_network_policy_admits_only_routers_and_prometheus(meta: ObjectMeta) -> None:
     policy = build_worker_network_policy(meta)
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
-    (ingress,) = policy["spec"]["ingress"]
+    ingress, scrape = policy["spec"]["ingress"]
+    # Prometheus, from any namespace, reaches only the agent's port (its
+    # /metrics), never the engine's API.
+    assert scrape == {
+        "from": [
+            {
+                "namespaceSelector": {},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 8081}],
+    }
+    assert ingress["ports"] == [
+        {"protocol": "TCP", "port": 8000},
+        {"protocol": "TCP", "port": 8081},
+    ]
     assert ingress["from"] == [
         {
             "podSelector": {

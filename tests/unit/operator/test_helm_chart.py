@@ -9,7 +9,7 @@ be built, the tests fail and say why.
 import json
 import logging
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,16 @@ import pytest
 import yaml
 from kubeinfer.localcluster.build import HELM, BuildError, ensure_target
 from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.resource import ObjectMeta
+from kubeinfer.operator.api.spec import InferenceServiceSpec
+from kubeinfer.operator.builders.common import Images
+from kubeinfer.operator.builders.router import build_router_deployment
+from kubeinfer.operator.builders.worker import build_worker_pod
 from kubeinfer.operator.crdgen import build_crd, render_crd
 from kubeinfer.operator.docgen import render_cluster_role
+from kubeinfer.operator.monitoring.alerts import rules_file
+from kubeinfer.operator.monitoring.dashboards import render_dashboards
+from kubeinfer.operator.monitoring.scrape import pod_monitor_relabelings
 from kubeinfer.operator.rbac import operator_rules, viewer_cluster_role, viewer_rules
 
 Validate = Callable[[dict[str, Any]], None]
@@ -130,8 +138,20 @@ class TestHelm:
         assert "metrics.serviceMonitor.enabled needs metrics.enabled" in result.stderr
 
 
+MONITORING_ON: dict[str, Any] = {
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "monitoring": {
+        "podMonitors": {"enabled": True, "labels": {"release": "prom"}},
+        "dashboards": {"enabled": True, "annotations": {"grafana_folder": "kubeinfer"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+    },
+}
+# The Prometheus Operator's kinds: no OpenAPI schema to validate them against
+# here; TestMonitoring checks their content.
+PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
+
 # Values the chart must render into valid objects, each with what to expect.
-CASES: list[tuple[str, dict[str, Any], set[str]]] = [
+CASES: list[tuple[str, dict[str, Any], Collection[str]]] = [
     (
         "defaults",
         {},
@@ -178,6 +198,13 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
         {"metrics": {"enabled": False}},
         {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"},
     ),
+    (
+        "monitoring on",
+        MONITORING_ON,
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+         "ServiceMonitor", "PodMonitor", "PodMonitor", "PrometheusRule",
+         "ConfigMap", "ConfigMap", "ConfigMap"],
+    ),
 ]
 
 
@@ -186,12 +213,17 @@ class TestRenderedObjects:
         ("values", "kinds"), [(v, k) for _, v, k in CASES], ids=[n for n, _, _ in CASES]
     )
     def test_valid_kubernetes_objects(
-        self, render: Render, valid_manifest: Validate, values: dict[str, Any], kinds: set[str]
+        self,
+        render: Render,
+        valid_manifest: Validate,
+        values: dict[str, Any],
+        kinds: Collection[str],
     ) -> None:
         objects = render(values)
         assert sorted(obj["kind"] for obj in objects) == sorted(kinds)
         for obj in objects:
-            valid_manifest(obj)
+            if obj["apiVersion"] != PROMETHEUS_OPERATOR_API:
+                valid_manifest(obj)
             if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
                 assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
 
@@ -349,5 +381,112 @@ class TestMetrics:
         )
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         assert monitor["spec"]["endpoints"] == [
-            {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+            {
+                "port": "http-metrics",
+                "path": "/metrics",
+                "interval": "30s",
+                "scrapeTimeout": "10s",
+                "relabelings": pod_monitor_relabelings(),
+            }
         ]
+
+
+def _flags(values: dict[str, Any], prefix: str = "") -> list[str]:
+    flags = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flags += _flags(value, f"{prefix}{key}.")
+        elif not isinstance(value, dict):
+            flags += ["--set", f"{prefix}{key}={str(value).lower()}"]
+    return flags
+
+
+class TestMonitoring:
+    """The chart's scraping, dashboards and alert rules (docs/operations.md)."""
+
+    @pytest.mark.parametrize("switch", [True, False], ids=["monitoring on", "monitoring off"])
+    def test_lint_is_clean(self, helm: Path, switch: bool) -> None:
+        values = {
+            "metrics": {"serviceMonitor": {"enabled": switch}, "scrapeAnnotations": switch},
+            "monitoring": {
+                name: {"enabled": switch}
+                for name in ("podMonitors", "dashboards", "prometheusRule")
+            },
+        }
+        result = run_helm(
+            helm, "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *_flags(values)
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_everything_is_off_by_default(self, render: Render) -> None:
+        kinds = {obj["kind"] for obj in render()}
+        assert not kinds & {"PodMonitor", "PrometheusRule", "ConfigMap", "ServiceMonitor"}
+
+    def test_prometheus_rule_is_the_rules_file(self, render: Render) -> None:
+        rule = one(render(MONITORING_ON), "PrometheusRule")
+        assert rule["apiVersion"] == PROMETHEUS_OPERATOR_API
+        assert rule["metadata"]["labels"]["release"] == "prom"
+        shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+        assert rule["spec"] == shipped
+        assert rule["spec"] == rules_file()
+
+    def test_pod_monitors_scrape_the_ports_the_pods_name(
+        self, render: Render, meta: ObjectMeta, images: Images
+    ) -> None:
+        monitors = {
+            m["spec"]["selector"]["matchLabels"][c.LABEL_COMPONENT]: m
+            for m in render(MONITORING_ON)
+            if m["kind"] == "PodMonitor"
+        }
+        assert set(monitors) == {c.COMPONENT_WORKER, c.COMPONENT_ROUTER}
+        spec = InferenceServiceSpec.model_validate({"model": {"name": "m", "source": "org/m"}})
+        worker = build_worker_pod(meta, spec, revision="r1", replica=0, images=images)
+        router = build_router_deployment(meta, spec, images=images)["spec"]["template"]
+        for component, pod in ((c.COMPONENT_WORKER, worker), (c.COMPONENT_ROUTER, router)):
+            monitor = monitors[component]
+            assert monitor["spec"]["namespaceSelector"] == {"any": True}
+            assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+                pod["metadata"]["labels"].items()
+            )
+            (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+            assert endpoint["relabelings"] == pod_monitor_relabelings()
+            # The PodMonitor and the pod's prometheus.io annotations agree.
+            ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+            annotations = pod["metadata"]["annotations"]
+            assert str(ports[endpoint["port"]]) == annotations["prometheus.io/port"]
+            assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+            assert annotations["prometheus.io/scrape"] == "true"
+
+    def test_operator_pod_is_scraped_on_its_metrics_port(self, render: Render) -> None:
+        objects = render({"operator": {"metricsPort": 9191}})
+        annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9191",
+            "prometheus.io/path": "/metrics",
+        }
+        monitor = one(render(MONITORING_ON), "ServiceMonitor")
+        assert monitor["spec"]["endpoints"][0]["relabelings"] == pod_monitor_relabelings()
+        off = render({"metrics": {"scrapeAnnotations": False}, "podAnnotations": {"a": "b"}})
+        assert one(off, "Deployment")["spec"]["template"]["metadata"]["annotations"] == {"a": "b"}
+
+    def test_dashboards_ship_for_the_grafana_sidecar(self, render: Render) -> None:
+        maps = [obj for obj in render(MONITORING_ON) if obj["kind"] == "ConfigMap"]
+        shipped = {}
+        for config_map in maps:
+            assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+            assert config_map["metadata"]["annotations"] == {"grafana_folder": "kubeinfer"}
+            shipped.update(config_map["data"])
+        assert shipped == {
+            name: text.rstrip("\n") for name, text in render_dashboards().items()
+        }
+        for text in shipped.values():
+            assert json.loads(text)["uid"].startswith("kubeinfer-")
+
+    def test_values_schema_rejects_a_typo(self, helm: Path) -> None:
+        result = run_helm(
+            helm, "template", "kubeinfer", str(CHART), "--kube-version", KUBE_VERSION,
+            "--set", "monitoring.dashboard.enabled=true",
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "additional properties 'dashboard' not allowed" in result.stderr

@@ -2,15 +2,18 @@
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from kubeinfer.worker.agent import Agent, Phase, WatchedGpu
 from kubeinfer.worker.agenthttp import agent_app
 from kubeinfer.worker.config import parse_worker_args
 from kubeinfer.worker.nvml import DeviceSelector, Gpu
 from kubeinfer.worker.simnvml import SimulatedGpu
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = '{"name": "m", "source": "org/m"}'
 Client = TestClient[Any, Any]
@@ -105,3 +108,47 @@ async def test_readiness_without_a_gpu_follows_the_engine(make_cpu_client: Any) 
     agent.phase, agent.engine_healthy = Phase.SERVING, True
     assert (await client.get("/ready")).status == 200
     assert "kubeinfer_worker_ready 1.0" in await (await client.get("/metrics")).text()
+
+
+VLLM_PAGE = (
+    Path(__file__).resolve().parents[2] / "fixtures" / "vllm-0.32.0" / "metrics.txt"
+).read_bytes()
+
+
+async def test_metrics_carry_the_engines_page(
+    aiohttp_client: Callable[..., Awaitable[Client]], unused_tcp_port: int
+) -> None:
+    """One scrape of the agent gives the agent's series and the engine's (real
+    vLLM's recorded page, served by a stand-in engine on loopback)."""
+    port = unused_tcp_port
+    engine = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(body=VLLM_PAGE, content_type="text/plain")
+
+    engine.router.add_get("/metrics", page)
+    runner = web.AppRunner(engine)
+    await runner.setup()
+    config = parse_worker_args(
+        ["--engine", "vllm", "--model-spec", MODEL, "--host", "127.0.0.1", "--port", str(port)], {}
+    )
+    agent = Agent(config, None, ["engine"], {})
+    client = await aiohttp_client(agent_app(agent))
+    # The engine is not up yet: the agent's series alone, and it says so.
+    text = await (await client.get("/metrics")).text()
+    assert "kubeinfer_worker_engine_metrics_up 0" in text
+    assert "vllm:" not in text
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await runner.cleanup()
+    assert "kubeinfer_worker_engine_metrics_up 1" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "kubeinfer_worker_ready" in families
+    assert "vllm:kv_cache_usage_perc" in families
+    assert "vllm:generation_tokens" in families
+    # No family appears twice (the text parser would have merged or failed).
+    names = [line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(names) == len(set(names))
