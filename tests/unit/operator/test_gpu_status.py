@@ -61,7 +61,7 @@ def test_a_gpu_fault_replaces_the_pod_and_is_recorded_with_node_and_gpu() -> Non
     world.reconcile()
     pod = world.pods[name]
     world.pods[name] = dataclasses.replace(
-        pod, phase="Failed", ready=False, termination_message="GPU lost: Xid 79", exit_code=1
+        pod, phase="Failed", ready=False, termination_message="GPU lost: Xid 79", exit_code=4
     )
     plan = world.reconcile()
     assert [d.name for d in plan.delete] == [name]
