@@ -23,6 +23,8 @@ class RevisionCounters:
     errors: int = 0
     p99_latency_ms: float | None = None
     p99_ttft_ms: float | None = None
+    p90_ttft_ms: float | None = None
+    window_requests: int = 0  # requests in the routers' sliding window
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class RouterStats:
     routers: int = 0
     revisions: dict[str, RevisionCounters] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)  # per backend (pod) name
+    queued: int = 0  # waiting in the routers' queues, held requests included
+    idle_seconds: float | None = None  # since the last request reached any router
+    arrivals: int = 0  # requests received, summed over routers (cumulative)
 
     def revision(self, revision: str | None) -> RevisionCounters:
         return self.revisions.get(revision or "", RevisionCounters())
@@ -46,7 +51,16 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
     """Add up the ``/debug/backends`` documents of several routers."""
     revisions: dict[str, RevisionCounters] = {}
     in_flight: dict[str, int] = {}
+    queued = arrivals = 0
+    idle: float | None = None
     for doc in documents:
+        queued += int((doc.get("queue") or {}).get("length", 0))
+        demand = doc.get("demand") or {}
+        arrivals += int(demand.get("arrivals", 0))
+        if demand.get("idleSeconds") is not None:
+            # Any router that saw a request recently makes the service busy.
+            value = float(demand["idleSeconds"])
+            idle = value if idle is None else min(idle, value)
         for name, rev in (doc.get("revisions") or {}).items():
             window = rev.get("window") or {}
             old = revisions.get(name, RevisionCounters())
@@ -55,11 +69,20 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
                 errors=old.errors + int(rev.get("errors", 0)),
                 p99_latency_ms=_worst(old.p99_latency_ms, window.get("p99LatencyMs")),
                 p99_ttft_ms=_worst(old.p99_ttft_ms, window.get("p99TtftMs")),
+                p90_ttft_ms=_worst(old.p90_ttft_ms, window.get("p90TtftMs")),
+                window_requests=old.window_requests + int(window.get("requests", 0)),
             )
         for backend in doc.get("backends") or []:
             name = backend.get("name", "")
             in_flight[name] = in_flight.get(name, 0) + int(backend.get("inFlight", 0))
-    return RouterStats(routers=len(documents), revisions=revisions, in_flight=in_flight)
+    return RouterStats(
+        routers=len(documents),
+        revisions=revisions,
+        in_flight=in_flight,
+        queued=queued,
+        idle_seconds=idle,
+        arrivals=arrivals,
+    )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from kubeinfer.operator.api.routing import (
 )
 from kubeinfer.operator.api.spec import InferenceServiceSpec
 from kubeinfer.operator.builders.common import child_metadata, component_labels
+from kubeinfer.operator.builders.worker import startup_budget_seconds
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,25 @@ def build_routing_table(
         connect_timeout_seconds=routing.connect_timeout_seconds,
         queue_size=routing.queue_size,
         queue_timeout_seconds=routing.queue_timeout_seconds,
+        hold_seconds=hold_seconds(spec),
         prefix_length=routing.prefix_length,
         load_factor=routing.load_factor,
     )
+
+
+def hold_seconds(spec: InferenceServiceSpec) -> float:
+    """How long routers hold a request while no worker can take it.
+
+    Only with autoscaling: then a request is what brings the first worker
+    back, and it must wait for the model to load (the worker's load budget
+    by default). Without autoscaling nobody is coming, so 503 at once.
+    """
+    scaling = spec.autoscaling
+    if scaling is None:
+        return 0.0
+    if scaling.hold_timeout_seconds is not None:
+        return float(scaling.hold_timeout_seconds)
+    return float(min(startup_budget_seconds(spec), spec.routing.request_timeout_seconds))
 
 
 def normalise_weights(weights: dict[str, int], available: set[str]) -> dict[str, int]:
