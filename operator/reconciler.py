@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from kubeinfer.operator.analysis import RouterStats
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.resource import InferenceService, format_validation_error
 from kubeinfer.operator.api.routing import ROUTES_CONFIGMAP_KEY, routes_configmap_name
@@ -25,6 +26,7 @@ from kubeinfer.operator.api.status import (
     Phase,
     RolloutPhase,
 )
+from kubeinfer.operator.autoscale import ScaleDecision, ScaleInput, decide
 from kubeinfer.operator.builders.common import Images
 from kubeinfer.operator.builders.cpubackend import cpu_memory_warnings
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
@@ -44,6 +46,14 @@ from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.observe import ANNOTATION_DRAINING, NodeInfo, PodInfo, format_time
 from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile
 from kubeinfer.operator.routerstats import fetch_router_stats
+from kubeinfer.operator.scaling import (
+    AutoscalerMemory,
+    decision_event,
+    record,
+    scale_input,
+    with_written_replicas,
+    write_replicas,
+)
 from kubeinfer.operator.vram import GpuNode, vram_warnings
 from pydantic import ValidationError
 
@@ -75,6 +85,7 @@ class OperatorContext:
     # delivers our own write, and planning on the older status would
     # repeat a transition (and its event).
     written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -252,7 +263,17 @@ async def reconcile(
     router_ips = [p.ip for p in routers if p.ready and p.ip and not p.deleting]
     draining = any(p.draining_since is not None for p in workers)
     analysing = isvc.status.rollout.phase is RolloutPhase.ANALYSING
-    stats = await fetch_router_stats(ctx.http, router_ips) if (analysing or draining) else None
+    isvc = with_written_replicas(ctx.autoscaler, isvc)
+    scaling = isvc.spec.autoscaling
+    key = (isvc.metadata.namespace, isvc.metadata.name)
+    evaluate = scaling is not None and (
+        now - ctx.autoscaler.last_evaluation.get(key, 0.0) >= scaling.interval_seconds
+    )
+    wanted = analysing or draining or evaluate
+    stats = await fetch_router_stats(ctx.http, router_ips) if wanted else None
+    scaled: tuple[ScaleInput, ScaleDecision, int | None] | None = None
+    if evaluate:
+        isvc, scaled = await _autoscale(ctx, isvc, workers, nodes, stats, now, emit, body)
     observed = Observed(
         pods=workers,
         nodes=nodes,
@@ -268,6 +289,10 @@ async def reconcile(
         observed=observed,
     )
     plan.status.router_endpoint = router_endpoint(isvc.metadata)
+    if scaling is None:
+        plan.status.autoscaling = None
+    elif scaled is not None:
+        record(isvc, plan.status, *scaled, now)
     await _apply_router(ctx, isvc)
     await _publish_table(ctx, isvc, plan)
     await _act_on_pods(ctx, isvc, plan, now)
@@ -280,7 +305,39 @@ async def reconcile(
     if plan.clear_command:
         patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: None}}}
         await ctx.kube.merge_patch(c.KIND, isvc.metadata.namespace, isvc.metadata.name, patch)
-    return plan.requeue_seconds or ctx.resync_seconds
+    delay = plan.requeue_seconds or ctx.resync_seconds
+    if scaling is not None:
+        delay = min(delay, float(scaling.interval_seconds))
+    return delay
+
+
+async def _autoscale(
+    ctx: OperatorContext,
+    isvc: InferenceService,
+    workers: list[PodInfo],
+    nodes: dict[str, NodeInfo],
+    stats: RouterStats | None,
+    now: float,
+    emit: EmitEvent,
+    body: dict[str, Any],
+) -> tuple[InferenceService, tuple[ScaleInput, ScaleDecision, int | None]]:
+    """One autoscaling evaluation; returns ``isvc`` with the replicas decided."""
+    memory, meta = ctx.autoscaler, isvc.metadata
+    key = (meta.namespace, meta.name)
+    inp = scale_input(isvc, workers, nodes, stats, memory.history.get(key, ()), now)
+    decision = decide(inp)
+    memory.history[key] = decision.history
+    memory.last_evaluation[key] = now
+    current = isvc.spec.replicas
+    if not decision.changed(current):
+        return isvc, (inp, decision, None)
+    await write_replicas(ctx.kube, isvc, decision.desired)
+    memory.written[key] = (meta.resource_version or "", decision.desired)
+    event = decision_event(current, decision)
+    logger.info("%s/%s %s: %s", meta.namespace, meta.name, event.reason, event.message)
+    emit(body, event)
+    spec = isvc.spec.model_copy(update={"replicas": decision.desired})
+    return isvc.model_copy(update={"spec": spec}), (inp, decision, current)
 
 
 async def _report_invalid(

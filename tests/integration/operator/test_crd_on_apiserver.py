@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
-from kubeinfer.operator.api.spec import NO_GPU_LARGEST_FIRST_MESSAGE, NO_GPU_SELECTORS_MESSAGE
+from kubeinfer.operator.api.spec import (
+    IDLE_NEEDS_ZERO_MESSAGE,
+    MIN_OVER_MAX_MESSAGE,
+    NO_GPU_LARGEST_FIRST_MESSAGE,
+    NO_GPU_SELECTORS_MESSAGE,
+    SURGE_OVER_MAX_MESSAGE,
+    ZERO_NEEDS_IDLE_MESSAGE,
+)
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -69,6 +76,13 @@ BAD = [
     ({"gpu": {"count": 0, "product": "NVIDIA-H100-80GB-HBM3"}}, NO_GPU_SELECTORS_MESSAGE),
     ({"gpu": {"count": 0, "minMemoryMiB": 40000}}, NO_GPU_SELECTORS_MESSAGE),
     ({"gpu": {"count": 0, "placement": "largest-first"}}, NO_GPU_LARGEST_FIRST_MESSAGE),
+    ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, MIN_OVER_MAX_MESSAGE),
+    ({"autoscaling": {"minReplicas": 0, "maxReplicas": 2}}, ZERO_NEEDS_IDLE_MESSAGE),
+    ({"autoscaling": {"maxReplicas": 2, "scaleToZeroAfterSeconds": 60}}, IDLE_NEEDS_ZERO_MESSAGE),
+    (
+        {"autoscaling": {"maxReplicas": 2}, "rollout": {"maxSurge": 3}},
+        SURGE_OVER_MAX_MESSAGE,
+    ),
 ]
 
 
