@@ -11,19 +11,20 @@ from kubeinfer.operator.api.constants import GROUP, KIND, VERSION
 from kubeinfer.operator.crdgen import build_crd
 from kubeinfer.router.metrics import render
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "autoscaling.md"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, alias_generator=to_camel)
 
 
 # The part of keda.sh/v1alpha1 ScaledObject the example uses, with the
 # types and required fields of KEDA's CRD (scaleTargetRef.name, triggers[]
 # with type and a map of string metadata).
 class ScaleTargetRef(_Strict):
-    apiVersion: str | None = None
+    api_version: str | None = None
     kind: str | None = None
     name: str
 
@@ -35,12 +36,12 @@ class Trigger(_Strict):
 
 
 class ScaledObjectSpec(_Strict):
-    scaleTargetRef: ScaleTargetRef
+    scale_target_ref: ScaleTargetRef
     triggers: list[Trigger] = Field(min_length=1)
-    minReplicaCount: int | None = None
-    maxReplicaCount: int | None = None
-    pollingInterval: int | None = None
-    cooldownPeriod: int | None = None
+    min_replica_count: int | None = None
+    max_replica_count: int | None = None
+    polling_interval: int | None = None
+    cooldown_period: int | None = None
 
 
 class ObjectMeta(_Strict):
@@ -49,7 +50,7 @@ class ObjectMeta(_Strict):
 
 
 class ScaledObject(_Strict):
-    apiVersion: Literal["keda.sh/v1alpha1"]
+    api_version: Literal["keda.sh/v1alpha1"]
     kind: Literal["ScaledObject"]
     metadata: ObjectMeta
     spec: ScaledObjectSpec
@@ -78,9 +79,9 @@ def router_metric_names() -> set[str]:
 def test_the_example_is_a_valid_scaled_object() -> None:
     (obj,) = scaled_objects()
     spec = obj.spec
-    assert spec.minReplicaCount is not None
-    assert spec.maxReplicaCount is not None
-    assert 0 <= spec.minReplicaCount <= spec.maxReplicaCount
+    assert spec.min_replica_count is not None
+    assert spec.max_replica_count is not None
+    assert 0 <= spec.min_replica_count <= spec.max_replica_count
     prometheus = [t for t in spec.triggers if t.type == "prometheus"]
     assert prometheus
     assert {"serverAddress", "query", "threshold"} <= set(prometheus[0].metadata)
@@ -89,8 +90,8 @@ def test_the_example_is_a_valid_scaled_object() -> None:
 
 def test_it_targets_an_inference_service_with_a_scale_subresource() -> None:
     (obj,) = scaled_objects()
-    ref = obj.spec.scaleTargetRef
-    assert (ref.apiVersion, ref.kind) == (f"{GROUP}/{VERSION}", KIND)
+    ref = obj.spec.scale_target_ref
+    assert (ref.api_version, ref.kind) == (f"{GROUP}/{VERSION}", KIND)
     (version,) = build_crd()["spec"]["versions"]
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
 
