@@ -49,6 +49,7 @@ from kubeinfer.operator.routerstats import fetch_router_stats
 from kubeinfer.operator.scaling import (
     AutoscalerMemory,
     decision_event,
+    forget,
     record,
     scale_input,
     with_written_replicas,
@@ -58,6 +59,7 @@ from kubeinfer.operator.vram import GpuNode, vram_warnings
 from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
+EVALUATION_SLACK_SECONDS = 0.1
 EmitEvent = Callable[[dict[str, Any], Event], None]
 
 
@@ -266,8 +268,10 @@ async def reconcile(
     isvc = with_written_replicas(ctx.autoscaler, isvc)
     scaling = isvc.spec.autoscaling
     key = (isvc.metadata.namespace, isvc.metadata.name)
+    # A little early is on time: the loop's own wake-up jitters by milliseconds.
     evaluate = scaling is not None and (
-        now - ctx.autoscaler.last_evaluation.get(key, 0.0) >= scaling.interval_seconds
+        now - ctx.autoscaler.last_evaluation.get(key, 0.0)
+        >= scaling.interval_seconds - EVALUATION_SLACK_SECONDS
     )
     wanted = analysing or draining or evaluate
     stats = await fetch_router_stats(ctx.http, router_ips) if wanted else None
@@ -291,6 +295,7 @@ async def reconcile(
     plan.status.router_endpoint = router_endpoint(isvc.metadata)
     if scaling is None:
         plan.status.autoscaling = None
+        forget(ctx.autoscaler, key)
     elif scaled is not None:
         record(isvc, plan.status, *scaled, now)
     await _apply_router(ctx, isvc)
@@ -307,7 +312,8 @@ async def reconcile(
         await ctx.kube.merge_patch(c.KIND, isvc.metadata.namespace, isvc.metadata.name, patch)
     delay = plan.requeue_seconds or ctx.resync_seconds
     if scaling is not None:
-        delay = min(delay, float(scaling.interval_seconds))
+        due = ctx.autoscaler.last_evaluation.get(key, now) + scaling.interval_seconds
+        delay = min(delay, max(EVALUATION_SLACK_SECONDS, due - time.time()))
     return delay
 
 

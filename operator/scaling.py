@@ -96,9 +96,7 @@ def scale_input(
         rollout_active=isvc.status.rollout.phase not in _IDLE_PHASES,
         unschedulable=sum(1 for p in live if p.unschedulable_message),
         starting=sum(
-            1
-            for p in live
-            if not p.ready and not p.unschedulable_message and p.name not in failed
+            1 for p in live if not p.ready and not p.unschedulable_message and p.name not in failed
         ),
     )
 

@@ -53,13 +53,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+QUEUE = {"size": 256}
+
+
 def service(name: str, replicas: int, autoscaling: dict[str, Any] | None, load_s: float = 0.0
             ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"name": MODEL, "source": "simulated/bench"},
         "replicas": replicas,
-        "routing": {"routerReplicas": 1, "maxConcurrencyPerWorker": 4, "queueSize": 256,
-                    "queueTimeoutSeconds": 30},
+        "routing": {"routerReplicas": 1, "maxConcurrencyPerWorker": 4,
+                    "queueSize": QUEUE["size"], "queueTimeoutSeconds": 60},
         "worker": {
             "engine": "simulated",
             "resources": {"cpu": "100m", "memory": "128Mi"},
@@ -345,8 +348,11 @@ def main() -> int:
     parser.add_argument("--zero-rounds", type=int, default=3)
     parser.add_argument("--load-seconds", type=float, default=5.0,
                         help="simulated model load time in the zero scenario")
+    parser.add_argument("--queue-size", type=int, default=256,
+                        help="routing.queueSize (requests a router holds while workers are busy)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    QUEUE["size"] = args.queue_size
     root = Path(tempfile.mkdtemp(prefix="kubeinfer-bench-autoscaling-"))
     ensure_all(log)
     state = controlplane.up(root, progress=log)

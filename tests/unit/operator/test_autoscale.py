@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from kubeinfer.operator.api import parse_spec
 from kubeinfer.operator.api.spec import AutoscalingSpec
 from kubeinfer.operator.autoscale import (
     Recommendation,
@@ -14,6 +15,7 @@ from kubeinfer.operator.autoscale import (
     decide,
     recommend,
 )
+from kubeinfer.operator.builders.routing import hold_seconds
 
 
 def spec(**fields: object) -> AutoscalingSpec:
@@ -355,3 +357,29 @@ def test_during_a_canary_up_is_allowed_and_down_waits() -> None:
     assert ups
     assert downs
     assert min(downs) >= 200
+
+
+# -- the routers' hold (scale from zero) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "hold"),
+    [
+        ({}, 0.0),  # no autoscaling: nobody brings a worker back, 503 at once
+        ({"autoscaling": {"maxReplicas": 2}}, 300.0 + 30 * 1),  # the load budget of a 1 GiB model
+        ({"autoscaling": {"maxReplicas": 2, "holdTimeoutSeconds": 45}}, 45.0),
+        (
+            {"autoscaling": {"maxReplicas": 2}, "routing": {"requestTimeoutSeconds": 120}},
+            120.0,
+        ),
+        (
+            {"autoscaling": {"maxReplicas": 2}, "worker": {"loadTimeoutSeconds": 90}},
+            90.0,
+        ),
+    ],
+)
+def test_hold_defaults_to_what_a_model_load_needs(extra: dict[str, object], hold: float) -> None:
+    spec = parse_spec(
+        {"model": {"name": "m", "source": "org/m", "vramGiB": 1}, **extra}  # type: ignore[dict-item]
+    )
+    assert hold_seconds(spec) == hold
