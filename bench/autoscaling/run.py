@@ -280,9 +280,11 @@ async def zero(bench: Bench, name: str, rounds: int, load_s: float) -> dict[str,
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         for _ in range(rounds):
             idle_from = time.monotonic()
+            def scaled_to_zero() -> bool:
+                return bench.workers(name) == [] and bench.get(name)["spec"]["replicas"] == 0
+
             await asyncio.to_thread(
-                wait_for, lambda: bench.workers(name) == [] and bench.get(name)["spec"]["replicas"]
-                == 0, 120, 0.5, "scale to zero")
+                lambda: wait_for(scaled_to_zero, 120, interval=0.5, what="scale to zero"))
             to_zero.append(time.monotonic() - idle_from)
             samples: list[Sample] = []
             await one(session, base, time.monotonic(), samples)
