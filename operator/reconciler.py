@@ -86,7 +86,11 @@ class OperatorContext:
     # object had before that write: a wake-up can come before the watch
     # delivers our own write, and planning on the older status would
     # repeat a transition (and its event).
-    written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # (Several versions when our own scale write came first: the watch may
+    # deliver the object from before it, or from after it.)
+    written: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]] = field(
+        default_factory=dict
+    )
     autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
 
 
@@ -214,11 +218,16 @@ async def _write_status(
         return
     meta = isvc.metadata
     await ctx.kube.merge_patch(c.KIND, meta.namespace, meta.name, {"status": new}, sub="status")
-    ctx.written[(meta.namespace, meta.name)] = (meta.resource_version or "", new)
+    key = (meta.namespace, meta.name)
+    stale = [meta.resource_version or ""]
+    scaled = ctx.autoscaler.written.get(key)
+    if scaled is not None:
+        stale.append(scaled[0])
+    ctx.written[key] = (tuple(stale), new)
 
 
 def latest_body(
-    written: dict[tuple[str, str], tuple[str, dict[str, Any]]], body: dict[str, Any]
+    written: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]], body: dict[str, Any]
 ) -> dict[str, Any]:
     """``body``, with the status we wrote if the watch has not caught up
     (the object still has the resourceVersion it had before our write).
@@ -227,8 +236,8 @@ def latest_body(
     key = (meta.get("namespace", ""), meta.get("name", ""))
     if key not in written:
         return body
-    stale_version, status = written[key]
-    if meta.get("resourceVersion") != stale_version:
+    stale_versions, status = written[key]
+    if meta.get("resourceVersion") not in stale_versions:
         del written[key]
         return body
     return {**body, "status": status}
@@ -337,13 +346,18 @@ async def _autoscale(
     current = isvc.spec.replicas
     if not decision.changed(current):
         return isvc, (inp, decision, None)
-    await write_replicas(ctx.kube, isvc, decision.desired)
+    version = await write_replicas(ctx.kube, isvc, decision.desired)
     memory.written[key] = (meta.resource_version or "", decision.desired)
+    # The status written below must be matched against the version after
+    # this write: the watch may deliver it before the status write, and
+    # planning on that body's older status would undo the decision's record.
+    if version is not None:
+        meta = meta.model_copy(update={"resource_version": version})
     event = decision_event(current, decision)
     logger.info("%s/%s %s: %s", meta.namespace, meta.name, event.reason, event.message)
     emit(body, event)
     spec = isvc.spec.model_copy(update={"replicas": decision.desired})
-    return isvc.model_copy(update={"spec": spec}), (inp, decision, current)
+    return isvc.model_copy(update={"spec": spec, "metadata": meta}), (inp, decision, current)
 
 
 async def _report_invalid(

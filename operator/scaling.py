@@ -106,12 +106,15 @@ def decision_event(current: int, decision: ScaleDecision) -> Event:
     return Event("Normal", verb, f"{decision.reason}: {decision.message}")
 
 
-async def write_replicas(kube: KubeClient, isvc: InferenceService, replicas: int) -> None:
-    """Through the scale subresource, as `kubectl scale` and an HPA do."""
+async def write_replicas(kube: KubeClient, isvc: InferenceService, replicas: int) -> str | None:
+    """Through the scale subresource, as `kubectl scale` and an HPA do.
+    Returns the object's new resourceVersion (the Scale carries it)."""
     meta = isvc.metadata
-    await kube.merge_patch(
+    scale = await kube.merge_patch(
         c.KIND, meta.namespace, meta.name, {"spec": {"replicas": replicas}}, sub="scale"
     )
+    version = (scale.get("metadata") or {}).get("resourceVersion")
+    return str(version) if version is not None else None
 
 
 def record(
