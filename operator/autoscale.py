@@ -236,5 +236,13 @@ def signals_status(s: Signals | None, ready: int) -> AutoscalingSignals | None:
         ready_replicas=ready,
         per_replica=round(load / ready, 2) if ready else None,
         ttft_p90_ms=round(s.ttft_p90_ms, 1) if s.ttft_p90_ms is not None else None,
-        idle_seconds=round(s.idle_seconds) if s.idle_seconds is not None else None,
+        idle_seconds=_coarse(s.idle_seconds) if s.idle_seconds is not None else None,
     )
+
+
+def _coarse(seconds: float) -> int:
+    """Idle time as status shows it: 10 s steps, then minutes. An idle
+    service's status then changes once a minute, not at every evaluation
+    (each change is a write to the API server)."""
+    step = 10 if seconds < 60 else 60
+    return int(seconds // step) * step

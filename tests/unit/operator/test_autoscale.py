@@ -14,6 +14,7 @@ from kubeinfer.operator.autoscale import (
     Signals,
     decide,
     recommend,
+    signals_status,
 )
 from kubeinfer.operator.builders.routing import hold_seconds
 
@@ -383,3 +384,13 @@ def test_hold_defaults_to_what_a_model_load_needs(extra: dict[str, object], hold
         {"model": {"name": "m", "source": "org/m", "vramGiB": 1}, **extra}  # type: ignore[dict-item]
     )
     assert hold_seconds(spec) == hold
+
+
+def test_status_shows_idle_time_coarsely_so_an_idle_service_is_not_rewritten() -> None:
+    shown = [
+        signals_status(load(0, idle=idle), 1).idle_seconds  # type: ignore[union-attr]
+        for idle in (3.0, 9.9, 12.0, 59.0, 61.0, 119.0, 3_600.5)
+    ]
+    assert shown == [0, 0, 10, 50, 60, 60, 3_600]
+    assert signals_status(None, 0) is None
+    assert signals_status(load(8, 4), 3).per_replica == 4.0  # type: ignore[union-attr]
