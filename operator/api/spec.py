@@ -338,6 +338,19 @@ class RoutingSpec(ApiModel):
         SecretKeyRef | None,
         Field(description="Secret with the API key clients must send (Authorization: Bearer)."),
     ] = None
+    hold_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=86_400,
+            description=(
+                "How long a router holds a request while no worker can take it (scaled to "
+                "zero), then 429 with Retry-After; 0 answers 503 at once. Absent: with "
+                "autoscaling, the worker's load timeout (at most requestTimeoutSeconds), "
+                "else 0. Set it when KEDA or an HPA scales from zero."
+            ),
+        ),
+    ] = None
 
 
 class AnalysisSpec(ApiModel):
@@ -644,18 +657,6 @@ class AutoscalingSpec(ApiModel):
             le=604_800,
             description=(
                 "With minReplicas 0: time without any request before the last worker goes."
-            ),
-        ),
-    ] = None
-    hold_timeout_seconds: Annotated[
-        int | None,
-        Field(
-            ge=1,
-            le=86_400,
-            description=(
-                "How long a router holds a request while no worker can take it (scale from "
-                "zero); then 429 with Retry-After. The worker's load timeout when absent, "
-                "at most routing.requestTimeoutSeconds."
             ),
         ),
     ] = None

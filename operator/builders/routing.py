@@ -83,15 +83,15 @@ def build_routing_table(
 def hold_seconds(spec: InferenceServiceSpec) -> float:
     """How long routers hold a request while no worker can take it.
 
-    Only with autoscaling: then a request is what brings the first worker
-    back, and it must wait for the model to load (the worker's load budget
-    by default). Without autoscaling nobody is coming, so 503 at once.
+    ``routing.holdTimeoutSeconds`` when set. Otherwise only with
+    autoscaling: then a request is what brings the first worker back, and
+    it must wait for the model to load (the worker's load budget). Without
+    an autoscaler nobody is coming, so 503 at once.
     """
-    scaling = spec.autoscaling
-    if scaling is None:
+    if spec.routing.hold_timeout_seconds is not None:
+        return float(spec.routing.hold_timeout_seconds)
+    if spec.autoscaling is None:
         return 0.0
-    if scaling.hold_timeout_seconds is not None:
-        return float(scaling.hold_timeout_seconds)
     return float(min(startup_budget_seconds(spec), spec.routing.request_timeout_seconds))
 
 

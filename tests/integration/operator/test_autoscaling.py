@@ -107,8 +107,8 @@ async def test_scale_to_zero_and_back_with_a_held_request(
         minReplicas=0,
         scaleToZeroAfterSeconds=3,
         scaleDownStabilizationSeconds=2,
-        holdTimeoutSeconds=60,
     )
+    body["spec"]["routing"]["holdTimeoutSeconds"] = 60
     apply_isvc(kube, namespace, body)
     wait_condition(kube, namespace, "sleepy", "Ready", timeout=90)
     base = router_url(kube, namespace, "sleepy")
