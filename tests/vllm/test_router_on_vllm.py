@@ -27,13 +27,8 @@ HOST = "127.0.0.1"
 # Long enough that the stream is still running when the worker is killed:
 # the tiny model makes ~100 tokens a second on two busy cores.
 MAX_TOKENS = 400
-LONG_STREAM = {
-    "model": SERVED_NAME,
-    "prompt": "hello",
-    "max_tokens": MAX_TOKENS,
-    "ignore_eos": True,
-    "stream": True,
-}
+LONG_STREAM = {"model": SERVED_NAME, "prompt": "hello", "max_tokens": MAX_TOKENS,
+               "ignore_eos": True, "stream": True}
 KILL_AFTER_EVENTS = 20
 # Each test here cold-starts a vLLM server of its own (it gets killed): on a
 # busy shared 2-core machine that has taken over 240 s.
@@ -43,56 +38,33 @@ COLD_START_S = 480.0
 class RouterProcess:
     """`python -m kubeinfer.router.main --config` with one backend per vLLM server."""
 
-    def __init__(
-        self, folder: Path, backends: list[tuple[str, str, str]], env: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, folder: Path, backends: list[tuple[str, str, str]],
+                 env: dict[str, str] | None = None) -> None:
         routes = folder / "routes.json"
-        routes.write_text(
-            json.dumps(
-                {
-                    "service": "svc",
-                    "model": SERVED_NAME,
-                    "strategy": "round-robin",
-                    "backends": [{"name": n, "url": u, "revision": r} for n, u, r in backends],
-                    "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 1.0},
-                    # vLLM on SIGTERM can leave a stream open with nothing more to
-                    # come (docs/router.md, "Stream accounting"): cut it sooner than 30 s.
-                    "stallTimeoutSeconds": 10,
-                }
-            )
-        )
+        routes.write_text(json.dumps({
+            "service": "svc", "model": SERVED_NAME, "strategy": "round-robin",
+            "backends": [{"name": n, "url": u, "revision": r} for n, u, r in backends],
+            "healthCheck": {"intervalSeconds": 0.2, "timeoutSeconds": 1.0},
+            # vLLM on SIGTERM can leave a stream open with nothing more to
+            # come (docs/router.md, "Stream accounting"): cut it sooner than 30 s.
+            "stallTimeoutSeconds": 10,
+        }))
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.access_log = folder / "access.log"
         self.log = folder / "router.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    "kubeinfer.router.main",
-                    "--config",
-                    str(routes),
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.port),
-                    "--access-log",
-                    str(self.access_log),
-                    "--scrape-interval",
-                    "0.5",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                [sys.executable, "-P", "-m", "kubeinfer.router.main", "--config", str(routes),
+                 "--host", HOST, "--port", str(self.port), "--access-log", str(self.access_log),
+                 "--scrape-interval", "0.5"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         async def ready() -> bool:
             async with session.get(self.url + "/readyz") as r:
                 return r.status == 200
-
         await async_wait_for(ready, 20.0, interval=0.05, what=f"router at {self.url}")
 
     def access_lines(self) -> list[dict[str, Any]]:
@@ -112,7 +84,8 @@ class RouterProcess:
         want = [f'{k}="{v}"' for k, v in labels.items()]
         for line in text.splitlines():
             series, _, value = line.rpartition(" ")
-            if (series == name or series.startswith(name + "{")) and all(w in series for w in want):
+            if (series == name or series.startswith(name + "{")) and all(
+                    w in series for w in want):
                 total += float(value)
         return total
 
@@ -133,9 +106,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def start_router(
-    tmp_path: Path, session: aiohttp.ClientSession
-) -> AsyncIterator[Callable[..., Awaitable[RouterProcess]]]:
+async def start_router(tmp_path: Path, session: aiohttp.ClientSession
+                       ) -> AsyncIterator[Callable[..., Awaitable[RouterProcess]]]:
     """``await start_router([(name, url, revision)], env=...)``: a ready router process."""
     routers: list[RouterProcess] = []
 
@@ -152,9 +124,8 @@ async def start_router(
         r.stop()
 
 
-async def stream_and_signal(
-    session: aiohttp.ClientSession, url: str, server: VllmServer, sig: signal.Signals
-) -> tuple[list[bytes], str | None]:
+async def stream_and_signal(session: aiohttp.ClientSession, url: str, server: VllmServer,
+                            sig: signal.Signals) -> tuple[list[bytes], str | None]:
     """Stream a long completion through the router; signal vLLM's process group
     after a few events. Returns the SSE events the client got and how the
     stream ended for it (None: cleanly; else the client's error)."""
@@ -178,7 +149,7 @@ def finish_reasons(events: list[bytes]) -> list[str]:
     out = []
     for e in events:
         if e.startswith(b"data: {"):
-            for choice in json.loads(e[len(b"data: ") :]).get("choices", []):
+            for choice in json.loads(e[len(b"data: "):]).get("choices", []):
                 if choice.get("finish_reason"):
                     out.append(choice["finish_reason"])
     return out
@@ -187,20 +158,16 @@ def finish_reasons(events: list[bytes]) -> list[str]:
 @pytest.mark.timeout(COLD_START_S + 120)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 async def test_a_stream_broken_by_a_dying_worker_is_an_error_everywhere(
-    start_vllm: Callable[..., VllmServer],
-    start_router: Callable[..., Awaitable[RouterProcess]],
-    session: aiohttp.ClientSession,
-    sig: signal.Signals,
-) -> None:
+        start_vllm: Callable[..., VllmServer],
+        start_router: Callable[..., Awaitable[RouterProcess]],
+        session: aiohttp.ClientSession, sig: signal.Signals) -> None:
     server = start_vllm()
     await asyncio.to_thread(server.wait_ready, COLD_START_S)
     router = await start_router([("w0", server.url, "canary")])
     events, ended = await stream_and_signal(session, router.url, server, sig)
     reasons = finish_reasons(events)
-    print(
-        f"{sig.name}: the client got {len(events)} events, ended={ended}, "
-        f"finish reasons {reasons}, last two {[e[:120] for e in events[-2:]]!r}"
-    )
+    print(f"{sig.name}: the client got {len(events)} events, ended={ended}, "
+          f"finish reasons {reasons}, last two {[e[:120] for e in events[-2:]]!r}")
     # The stream really was cut short: not 400 tokens, no clean "length" end.
     assert len(events) < MAX_TOKENS
     assert "length" not in reasons
@@ -219,7 +186,6 @@ async def test_a_stream_broken_by_a_dying_worker_is_an_error_everywhere(
 
     async def logged() -> list[dict[str, Any]]:
         return [x for x in router.access_lines() if x["path"] == "/v1/completions"]
-
     (line,) = await async_wait_for(logged, 5.0, interval=0.05, what="the access log line")
     assert line["backend"] == "w0"
     assert line["status"] == 502, line
@@ -228,10 +194,10 @@ async def test_a_stream_broken_by_a_dying_worker_is_an_error_everywhere(
 
     async def metric(name: str, **labels: str) -> float:
         return await router.metric(session, name, **labels)
-
     assert await metric("kubeinfer_router_backend_errors_total", backend="w0") == 1
     assert await metric("kubeinfer_router_revision_errors_total", revision="canary") == 1
-    assert await metric("kubeinfer_router_backend_requests_total", backend="w0", status="200") == 0
+    assert await metric("kubeinfer_router_backend_requests_total", backend="w0",
+                        status="200") == 0
     assert await metric("kubeinfer_router_requests_total", code="502") == 1
     assert await metric("kubeinfer_router_requests_total", code="200") == 0
 
@@ -256,20 +222,16 @@ def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_models_through_the_router_are_vllms_own(
-    shared_vllm: VllmServer,
-    start_router: Callable[..., Awaitable[RouterProcess]],
-    session: aiohttp.ClientSession,
-) -> None:
-    router = await start_router(
-        [("w0", shared_vllm.url, "r1")], env={"KUBEINFER_API_KEY": "sesame"}
-    )
+        shared_vllm: VllmServer, start_router: Callable[..., Awaitable[RouterProcess]],
+        session: aiohttp.ClientSession) -> None:
+    router = await start_router([("w0", shared_vllm.url, "r1")],
+                                env={"KUBEINFER_API_KEY": "sesame"})
     async with session.get(shared_vllm.url + "/v1/models") as r:
         direct = await r.json()
     async with session.get(router.url + "/v1/models") as r:
         assert r.status == 401  # the API key still guards it
-    async with session.get(
-        router.url + "/v1/models", headers={"authorization": "Bearer sesame"}
-    ) as r:
+    async with session.get(router.url + "/v1/models",
+                           headers={"authorization": "Bearer sesame"}) as r:
         assert r.status == 200
         assert r.headers["content-type"].startswith("application/json")
         routed = await r.json()

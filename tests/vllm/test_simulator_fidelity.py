@@ -20,7 +20,9 @@ from kubeinfer.localcluster.realvllm.server import VllmServer
 REPO = Path(__file__).parents[2]
 # Who reads vLLM's metrics: the router (balancing, health) and the worker
 # agent (drain). The simulator's own metrics are not a reader.
-READERS = sorted(p for p in [*REPO.glob("router/*.py"), *REPO.glob("worker-image/agent/*.py")])
+READERS = sorted(
+    p for p in [*REPO.glob("router/*.py"), *REPO.glob("worker-image/agent/*.py")]
+)
 # vLLM families the simulator does not export; none is read by kubeinfer
 # (checked below). Listed so that a newly lost family fails the test.
 KNOWN_MISSING = frozenset(
@@ -58,12 +60,8 @@ def both(vllm: VllmServer, engine: tuple[str, int], exchange: Exchange) -> tuple
 
 def of_kind(kind: str) -> list[Exchange]:
     """The exchanges whose recording is a JSON body, a stream, an error or /health."""
-    kinds = {
-        "json": lambda f: f.endswith(".json"),
-        "sse": lambda f: f.endswith(".sse"),
-        "error": lambda f: f.startswith("err_"),
-        "health": lambda f: f == "health.txt",
-    }
+    kinds = {"json": lambda f: f.endswith(".json"), "sse": lambda f: f.endswith(".sse"),
+             "error": lambda f: f.startswith("err_"), "health": lambda f: f == "health.txt"}
     chosen = [e for e in REQUESTS if kinds[kind](e.file)]
     assert chosen, kind
     return chosen

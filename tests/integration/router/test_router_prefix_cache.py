@@ -38,13 +38,8 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def spawn(procs: list[subprocess.Popen[bytes]], *argv: str) -> None:
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-P", "-m", *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
+    procs.append(subprocess.Popen([sys.executable, "-P", "-m", *argv],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 async def until_ok(session: aiohttp.ClientSession, url: str) -> None:
@@ -63,61 +58,29 @@ async def hit_rate(strategy: str, procs: list[subprocess.Popen[bytes]], tmp: Pat
         workers = []
         for _ in range(WORKERS):
             port = free_port()
-            spawn(
-                procs,
-                "kubeinfer.worker.simulated",
-                "--model-spec",
-                json.dumps(MODEL),
-                "--simulator-spec",
-                json.dumps(SIMULATOR),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            )
+            spawn(procs, "kubeinfer.worker.simulated", "--model-spec", json.dumps(MODEL),
+                  "--simulator-spec", json.dumps(SIMULATOR), "--host", HOST, "--port", str(port))
             workers.append(f"http://{HOST}:{port}")
         routes = tmp / f"routes-{strategy}.json"
-        routes.write_text(
-            json.dumps(
-                {
-                    "service": "svc",
-                    "model": "tiny",
-                    "strategy": strategy,
-                    "backends": [
-                        {"name": f"w{i}", "url": u, "revision": "r1"} for i, u in enumerate(workers)
-                    ],
-                }
-            )
-        )
+        routes.write_text(json.dumps({
+            "service": "svc", "model": "tiny", "strategy": strategy,
+            "backends": [{"name": f"w{i}", "url": u, "revision": "r1"}
+                         for i, u in enumerate(workers)],
+        }))
         port = free_port()
-        spawn(
-            procs,
-            "kubeinfer.router.main",
-            "--config",
-            str(routes),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        )
+        spawn(procs, "kubeinfer.router.main", "--config", str(routes), "--host", HOST,
+              "--port", str(port))
         router = f"http://{HOST}:{port}"
         for u in workers:
             await until_ok(session, u + "/health")
         await until_ok(session, router + "/readyz")
         rng = random.Random(5)
-        systems = [
-            f"[prompt {i}] " + "".join(rng.choice("abcdefgh ") for _ in range(4000))
-            for i in range(PROMPTS)
-        ]
+        systems = [f"[prompt {i}] " + "".join(rng.choice("abcdefgh ") for _ in range(4000))
+                   for i in range(PROMPTS)]
         for n in range(REQUESTS):
-            body = {
-                "model": "tiny",
-                "max_tokens": 2,
-                "messages": [
-                    {"role": "system", "content": rng.choice(systems)},
-                    {"role": "user", "content": f"question {n}"},
-                ],
-            }
+            body = {"model": "tiny", "max_tokens": 2, "messages": [
+                {"role": "system", "content": rng.choice(systems)},
+                {"role": "user", "content": f"question {n}"}]}
             async with session.post(router + "/v1/chat/completions", json=body) as r:
                 assert r.status == 200, await r.text()
                 await r.read()

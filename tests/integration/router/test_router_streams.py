@@ -53,15 +53,8 @@ async def metrics_text(session: aiohttp.ClientSession, r: RouterUnderTest) -> st
     ],
 )
 async def test_how_a_stream_ended_is_logged_and_counted(
-    mocks: Any,
-    start_router: Any,
-    session: aiohttp.ClientSession,
-    mode: str,
-    clean_end: bool,
-    status: int,
-    label: str,
-    error: str | None,
-) -> None:
+        mocks: Any, start_router: Any, session: aiohttp.ClientSession, mode: str,
+        clean_end: bool, status: int, label: str, error: str | None) -> None:
     (m,) = await mocks(1)
     m.set(mode=mode)
     r = await start_router(make_table([f"http://{HOST}:{m.port}"], revisions=["canary"]))
@@ -73,13 +66,10 @@ async def test_how_a_stream_ended_is_logged_and_counted(
     assert (line["status"], line["error"], line["backend"]) == (status, error, "b0")
     failed = int(error is not None)
     text = await metrics_text(session, r)
-    assert (
-        f'kubeinfer_router_backend_requests_total{{backend="b0",revision="canary",'
-        f'status="{label}"}} 1'
-    ) in text
-    assert (
-        f'kubeinfer_router_backend_errors_total{{backend="b0",revision="canary"}} {failed}' in text
-    )
+    assert (f'kubeinfer_router_backend_requests_total{{backend="b0",revision="canary",'
+            f'status="{label}"}} 1') in text
+    assert f'kubeinfer_router_backend_errors_total{{backend="b0",revision="canary"}} {failed}' \
+        in text
     assert f'kubeinfer_router_requests_total{{code="{status}"}} 1' in text
     doc = r.debug()
     assert doc["backends"][0]["errors"] == failed
@@ -88,9 +78,9 @@ async def test_how_a_stream_ended_is_logged_and_counted(
 
 
 @pytest.mark.parametrize("mode", ["cut", "nodone"])
-async def test_broken_streams_eject_the_worker(
-    mocks: Any, start_router: Any, session: aiohttp.ClientSession, mode: str
-) -> None:
+async def test_broken_streams_eject_the_worker(mocks: Any, start_router: Any,
+                                               session: aiohttp.ClientSession,
+                                               mode: str) -> None:
     bad, good = await mocks(2)
     bad.set(mode=mode)
     r = await start_router(make_table([f"http://{HOST}:{bad.port}", f"http://{HOST}:{good.port}"]))
@@ -98,53 +88,39 @@ async def test_broken_streams_eject_the_worker(
         await stream(session, r.url)
     doc = r.debug()
     assert [(b["name"], b["ejected"], b["errors"]) for b in doc["backends"]] == [
-        ("b0", True, 3),
-        ("b1", False, 0),
-    ]
+        ("b0", True, 3), ("b1", False, 0)]
     label = "reset" if mode == "cut" else "truncated"
-    assert (
-        f'kubeinfer_router_ejections_total{{backend="b0",reason="{label}"}} 1'
+    assert f'kubeinfer_router_ejections_total{{backend="b0",reason="{label}"}} 1' \
         in await metrics_text(session, r)
-    )
     _, clean = await stream(session, r.url)
     assert clean  # the next stream goes to the worker that is left
 
 
 async def test_a_canary_whose_streams_break_fails_the_analysis(
-    mocks: Any, start_router: Any, session: aiohttp.ClientSession
-) -> None:
+        mocks: Any, start_router: Any, session: aiohttp.ClientSession) -> None:
     """The operator's verdict, from the router's own /debug/backends document."""
     stable, canary = await mocks(2)
     canary.set(mode="nodone")
-    r = await start_router(
-        make_table(
-            [f"http://{HOST}:{stable.port}", f"http://{HOST}:{canary.port}"],
-            revisions=["stable", "canary"],
-            revisionWeights={"stable": 50, "canary": 50},
-            retries=0,
-        ),
-        ejection=EjectionPolicy(consecutive_failures=1000),
-    )  # keep it in rotation
+    r = await start_router(make_table(
+        [f"http://{HOST}:{stable.port}", f"http://{HOST}:{canary.port}"],
+        revisions=["stable", "canary"], revisionWeights={"stable": 50, "canary": 50},
+        retries=0), ejection=EjectionPolicy(consecutive_failures=1000))  # keep it in rotation
     for _ in range(20):
         await stream(session, r.url)
     async with session.get(r.url + "/debug/backends") as resp:
         stats = parse_router_stats([await resp.json()])
     verdict = judge_canary(
         analysis=AnalysisSpec(min_requests=5, max_error_rate=0.05),
-        canary=stats.revision("canary"),
-        canary_baseline=(0, 0),
-        stable=stats.revision("stable"),
-        interval_elapsed=True,
-    )
+        canary=stats.revision("canary"), canary_baseline=(0, 0),
+        stable=stats.revision("stable"), interval_elapsed=True)
     canary_counts = stats.revision("canary")
     assert (canary_counts.requests, canary_counts.errors) == (10, 10)
     assert verdict.passed is False
     assert verdict.message.startswith("canary error rate 100.0%")
 
 
-async def test_models_is_the_workers_answer(
-    mocks: Any, start_router: Any, session: aiohttp.ClientSession
-) -> None:
+async def test_models_is_the_workers_answer(mocks: Any, start_router: Any,
+                                            session: aiohttp.ClientSession) -> None:
     (m,) = await mocks(1)
     r = await start_router(make_table([f"http://{HOST}:{m.port}"]))
     async with session.get(r.url + "/v1/models") as resp:
@@ -155,21 +131,15 @@ async def test_models_is_the_workers_answer(
     assert (model["id"], model["owned_by"], model["max_model_len"]) == ("tiny", "vllm", 512)
     (line,) = r.access_lines()
     assert (line["path"], line["status"], line["backend"], line["error"]) == (
-        "/v1/models",
-        200,
-        "b0",
-        None,
-    )
+        "/v1/models", 200, "b0", None)
 
 
 @pytest.mark.parametrize("healthy", [True, False])
 async def test_models_falls_back_to_the_routers_own_answer(
-    start_router: Any, session: aiohttp.ClientSession, healthy: bool
-) -> None:
+        start_router: Any, session: aiohttp.ClientSession, healthy: bool) -> None:
     # Nothing listens on the port: a worker that is gone.
-    r = await start_router(
-        make_table([f"http://{HOST}:{free_port()}"], healthCheck={"intervalSeconds": 60})
-    )
+    r = await start_router(make_table([f"http://{HOST}:{free_port()}"],
+                                      healthCheck={"intervalSeconds": 60}))
     r.pool.backends["b0"].healthy = healthy
     async with session.get(r.url + "/v1/models") as resp:
         assert resp.status == 200
@@ -177,6 +147,5 @@ async def test_models_falls_back_to_the_routers_own_answer(
         models = await resp.json()
     assert [(d["id"], d["owned_by"]) for d in models["data"]] == [("tiny", "kubeinfer")]
     (line,) = r.access_lines()
-    assert line["error"] == (
-        "own answer: b0: connect" if healthy else "own answer: no healthy backend"
-    )
+    assert line["error"] == ("own answer: b0: connect" if healthy
+                             else "own answer: no healthy backend")

@@ -231,7 +231,9 @@ def test_500_after_engine_death(start_worker: Any) -> None:
     recorded = fixture_json("engine_death.json")["stream"]
     assert stream_status == recorded["status"] == 200
     events = stream_raw.split(b"\n\n")
-    assert events[-3:] == [f"data: {recorded['last_events'][-2]}".encode(), b"data: [DONE]", b""]
+    assert events[-3:] == [
+        f"data: {recorded['last_events'][-2]}".encode(), b"data: [DONE]", b""
+    ]
     assert b'"finish_reason":"' not in stream_raw
     assert recorded["finish_reasons"] == []
     assert worker.wait_exit(10) == 5

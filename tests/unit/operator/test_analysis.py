@@ -113,7 +113,9 @@ ABORTED = {"broken": None, "aborted": True, "done": True}  # vLLM on SIGTERM
     [(COMPLETE, True), (KILLED, False), (STALLED, False), (NO_DONE, False), (ABORTED, False)],
     ids=["complete", "killed", "stalled", "no-done", "aborted"],
 )
-def test_a_canary_whose_streams_break_is_rolled_back(ending: dict[str, Any], passed: bool) -> None:
+def test_a_canary_whose_streams_break_is_rolled_back(
+    ending: dict[str, Any], passed: bool
+) -> None:
     """The router's own /debug/backends document, read as the operator reads it:
     streams that broke after their 200 head are canary errors."""
     pool = Pool()

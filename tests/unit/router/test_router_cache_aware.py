@@ -27,18 +27,11 @@ class B:
 
 
 def table(names: list[str], generation: int = 1) -> RoutingTable:
-    return RoutingTable.model_validate(
-        {
-            "service": "svc",
-            "model": "m",
-            "strategy": "prefix-affinity",
-            "generation": generation,
-            "backends": [
-                {"name": n, "url": f"http://127.0.0.1:{9000 + i}", "revision": "r1"}
-                for i, n in enumerate(names)
-            ],
-        }
-    )
+    return RoutingTable.model_validate({
+        "service": "svc", "model": "m", "strategy": "prefix-affinity", "generation": generation,
+        "backends": [{"name": n, "url": f"http://127.0.0.1:{9000 + i}", "revision": "r1"}
+                     for i, n in enumerate(names)],
+    })
 
 
 def placements(pool: Pool, keys: list[int]) -> dict[int, str]:
@@ -135,14 +128,8 @@ def test_bound_sees_another_routers_queue() -> None:
         # Same in flight and queue: the emptier KV cache wins.
         ([B("a", kv_usage=0.9), B("b", kv_usage=0.2), B("c", kv_usage=0.5)], "b"),
         # KV usage never outweighs requests in flight.
-        (
-            [
-                B("a", in_flight=1, kv_usage=0.0),
-                B("b", in_flight=2, kv_usage=0.0),
-                B("c", in_flight=0, kv_usage=0.8),
-            ],
-            "c",
-        ),
+        ([B("a", in_flight=1, kv_usage=0.0), B("b", in_flight=2, kv_usage=0.0),
+          B("c", in_flight=0, kv_usage=0.8)], "c"),
         # Unknown figures (not scraped yet) count as zero.
         ([B("a", kv_usage=0.3), B("b")], "b"),
     ],
@@ -170,7 +157,6 @@ def test_keys_spread_evenly_over_the_ring() -> None:
     policy = PrefixAffinity()
     backends = [B(f"w{i}") for i in range(8)]
     counts: collections.Counter[Any] = collections.Counter(
-        policy.choose(backends, k).name for k in KEYS
-    )
+        policy.choose(backends, k).name for k in KEYS)
     assert len(counts) == 8
     assert min(counts.values()) > len(KEYS) / 8 * 0.5

@@ -54,13 +54,8 @@ def test_block_hashes_are_chained(a: str, b: str, shared: int) -> None:
 def test_chat_turns_extend_the_previous_prompt() -> None:
     system = {"role": "system", "content": "You are helpful. " * 20}
     turn1 = {"messages": [system, {"role": "user", "content": "hello there"}]}
-    turn2 = {
-        "messages": [
-            *turn1["messages"],
-            {"role": "assistant", "content": "hi!"},
-            {"role": "user", "content": "more"},
-        ]
-    }
+    turn2 = {"messages": [*turn1["messages"], {"role": "assistant", "content": "hi!"},
+                          {"role": "user", "content": "more"}]}
     t1 = prompt_tokens_of(turn1, chat=True)
     t2 = prompt_tokens_of(turn2, chat=True)
     assert t2[: len(t1)] == t1

@@ -138,9 +138,8 @@ async def test_serial_prefill_queues_uncached_tokens(make_sim: Make) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     # Two different 200-token prompts at once: the second prefill waits for the first.
-    results = await asyncio.gather(
-        sim.complete("a" * 800, max_tokens=1), sim.complete("b" * 800, max_tokens=1)
-    )
+    results = await asyncio.gather(sim.complete("a" * 800, max_tokens=1),
+                                   sim.complete("b" * 800, max_tokens=1))
     assert all(status == 200 for status, _ in results)
     assert loop.time() - started >= 0.39
 
