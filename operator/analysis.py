@@ -23,6 +23,8 @@ class RevisionCounters:
     errors: int = 0
     p99_latency_ms: float | None = None
     p99_ttft_ms: float | None = None
+    p90_ttft_ms: float | None = None
+    window_requests: int = 0  # requests in the routers' sliding window
 
 
 MIB = 1024 * 1024
@@ -60,6 +62,9 @@ class RouterStats:
     revisions: dict[str, RevisionCounters] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)  # per backend (pod) name
     gpus: dict[str, GpuFacts] = field(default_factory=dict)  # per backend (pod) name
+    queued: int = 0  # waiting in the routers' queues, held requests included
+    idle_seconds: float | None = None  # since the last request reached any router
+    arrivals: int = 0  # requests received, summed over routers (cumulative)
 
     def revision(self, revision: str | None) -> RevisionCounters:
         return self.revisions.get(revision or "", RevisionCounters())
@@ -75,7 +80,16 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
     revisions: dict[str, RevisionCounters] = {}
     in_flight: dict[str, int] = {}
     gpus: dict[str, GpuFacts] = {}
+    queued = arrivals = 0
+    idle: float | None = None
     for doc in documents:
+        queued += int((doc.get("queue") or {}).get("length", 0))
+        demand = doc.get("demand") or {}
+        arrivals += int(demand.get("arrivals", 0))
+        if demand.get("idleSeconds") is not None:
+            # Any router that saw a request recently makes the service busy.
+            value = float(demand["idleSeconds"])
+            idle = value if idle is None else min(idle, value)
         for name, rev in (doc.get("revisions") or {}).items():
             window = rev.get("window") or {}
             old = revisions.get(name, RevisionCounters())
@@ -84,6 +98,8 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
                 errors=old.errors + int(rev.get("errors", 0)),
                 p99_latency_ms=_worst(old.p99_latency_ms, window.get("p99LatencyMs")),
                 p99_ttft_ms=_worst(old.p99_ttft_ms, window.get("p99TtftMs")),
+                p90_ttft_ms=_worst(old.p90_ttft_ms, window.get("p90TtftMs")),
+                window_requests=old.window_requests + int(window.get("requests", 0)),
             )
         for backend in doc.get("backends") or []:
             name = backend.get("name", "")
@@ -91,7 +107,15 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
             report = backend.get("gpu")
             if isinstance(report, dict) and name not in gpus:
                 gpus[name] = GpuFacts.from_report(report)
-    return RouterStats(routers=len(documents), revisions=revisions, in_flight=in_flight, gpus=gpus)
+    return RouterStats(
+        routers=len(documents),
+        revisions=revisions,
+        in_flight=in_flight,
+        queued=queued,
+        idle_seconds=idle,
+        arrivals=arrivals,
+        gpus=gpus,
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from kubeinfer.operator.api.status import (
     Phase,
     RolloutPhase,
 )
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 RECONCILES = Counter(
@@ -143,3 +143,22 @@ def register_fleet(registry: CollectorRegistry = REGISTRY) -> FleetCollector:
     collector = FleetCollector()
     registry.register(collector)
     return collector
+
+
+AUTOSCALING_DECISIONS = Counter(
+    "kubeinfer_operator_autoscaling_decisions_total",
+    "Changes of replicas made by the autoscaler, by direction (up, down) and reason.",
+    ["direction", "reason"],
+)
+AUTOSCALING_REPLICAS = Gauge(
+    "kubeinfer_operator_autoscaling_replicas",
+    "Replicas per InferenceService: desired (the decision), recommended (the signals, "
+    "before windows and limits) and ready.",
+    ["namespace", "service", "kind"],
+)
+AUTOSCALING_SIGNAL = Gauge(
+    "kubeinfer_operator_autoscaling_signal",
+    "The routers' load signals read by the autoscaler: in_flight, queued, idle_seconds, "
+    "ttft_p90_ms.",
+    ["namespace", "service", "signal"],
+)

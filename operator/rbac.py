@@ -21,7 +21,8 @@ def operator_rules() -> list[dict[str, Any]]:
     """What the operator does, and nothing more:
 
     - reads InferenceServices and writes their status (never their spec,
-      except `kubeinfer rollout undo`, which runs as the user);
+      except `kubeinfer rollout undo`, which runs as the user), and their
+      replicas through the scale subresource when autoscaling is on;
     - owns worker Pods, the router Deployment/Service/ServiceAccount/Role/
       RoleBinding, the routing-table ConfigMap and the NetworkPolicy;
     - reads Nodes (GPU labels, NotReady) and writes Events;
@@ -33,6 +34,8 @@ def operator_rules() -> list[dict[str, Any]]:
     return [
         _rule([GROUP], [PLURAL], ["get", "list", "watch", "patch"]),
         _rule([GROUP], [f"{PLURAL}/status"], ["get", "patch", "update"]),
+        # The autoscaler sets replicas through the scale subresource only.
+        _rule([GROUP], [f"{PLURAL}/scale"], ["get", "patch", "update"]),
         _rule([""], ["pods"], ["get", "list", "watch", "create", "delete", "patch"]),
         _rule([""], ["configmaps", "services", "serviceaccounts"], _CHILD),
         _rule(["apps"], ["deployments"], _CHILD),

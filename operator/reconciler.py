@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from kubeinfer.operator.analysis import RouterStats
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.resource import (
     InferenceService,
@@ -29,6 +30,7 @@ from kubeinfer.operator.api.status import (
     Phase,
     RolloutPhase,
 )
+from kubeinfer.operator.autoscale import ScaleDecision, ScaleInput, decide
 from kubeinfer.operator.builders.common import Images
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
 from kubeinfer.operator.builders.router import (
@@ -49,9 +51,19 @@ from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
 from kubeinfer.operator.plan import Event, Observed, Plan, plan_reconcile, spec_warnings
 from kubeinfer.operator.retry import Refusal
 from kubeinfer.operator.routerstats import fetch_router_stats
+from kubeinfer.operator.scaling import (
+    AutoscalerMemory,
+    decision_event,
+    forget,
+    record,
+    scale_input,
+    with_written_replicas,
+    write_replicas,
+)
 from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
+EVALUATION_SLACK_SECONDS = 0.1
 EmitEvent = Callable[[dict[str, Any], Event], None]
 
 
@@ -80,7 +92,12 @@ class OperatorContext:
     # object had before that write: a wake-up can come before the watch
     # delivers our own write, and planning on the older status would
     # repeat a transition (and its event).
-    written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # (Several versions when our own scale write came first: the watch may
+    # deliver the object from before it, or from after it.)
+    written: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]] = field(
+        default_factory=dict
+    )
+    autoscaler: AutoscalerMemory = field(default_factory=AutoscalerMemory)
     # When each service's routers were last asked for their workers' GPU
     # reports (the inventory in status; see GPU_REFRESH_SECONDS).
     gpu_read_at: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -225,11 +242,16 @@ async def _write_status(
         return
     meta = isvc.metadata
     await ctx.kube.merge_patch(c.KIND, meta.namespace, meta.name, {"status": new}, sub="status")
-    ctx.written[(meta.namespace, meta.name)] = (meta.resource_version or "", new)
+    key = (meta.namespace, meta.name)
+    stale = [meta.resource_version or ""]
+    scaled = ctx.autoscaler.written.get(key)
+    if scaled is not None:
+        stale.append(scaled[0])
+    ctx.written[key] = (tuple(stale), new)
 
 
 def latest_body(
-    written: dict[tuple[str, str], tuple[str, dict[str, Any]]], body: dict[str, Any]
+    written: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]], body: dict[str, Any]
 ) -> dict[str, Any]:
     """``body``, with the status we wrote if the watch has not caught up
     (the object still has the resourceVersion it had before our write).
@@ -238,8 +260,8 @@ def latest_body(
     key = (meta.get("namespace", ""), meta.get("name", ""))
     if key not in written:
         return body
-    stale_version, status = written[key]
-    if meta.get("resourceVersion") != stale_version:
+    stale_versions, status = written[key]
+    if meta.get("resourceVersion") not in stale_versions:
         del written[key]
         return body
     return {**body, "status": status}
@@ -268,12 +290,22 @@ async def reconcile(
     router_ips = [p.ip for p in routers if p.ready and p.ip and not p.deleting]
     draining = any(p.draining_since is not None for p in workers)
     analysing = isvc.status.rollout.phase is RolloutPhase.ANALYSING
+    isvc = with_written_replicas(ctx.autoscaler, isvc)
+    scaling = isvc.spec.autoscaling
+    key = (isvc.metadata.namespace, isvc.metadata.name)
+    # A little early is on time: the loop's own wake-up jitters by milliseconds.
+    evaluate = scaling is not None and (
+        now - ctx.autoscaler.last_evaluation.get(key, 0.0)
+        >= scaling.interval_seconds - EVALUATION_SLACK_SECONDS
+    )
     gpus_due = _gpu_report_due(ctx, isvc, workers, now)
-    stats = None
-    if analysing or draining or gpus_due:
-        stats = await fetch_router_stats(ctx.http, router_ips)
-        if stats is not None:
-            ctx.gpu_read_at[(isvc.metadata.namespace, isvc.metadata.name)] = now
+    wanted = analysing or draining or evaluate or gpus_due
+    stats = await fetch_router_stats(ctx.http, router_ips) if wanted else None
+    if stats is not None and gpus_due:
+        ctx.gpu_read_at[key] = now
+    scaled: tuple[ScaleInput, ScaleDecision, int | None] | None = None
+    if evaluate:
+        isvc, scaled = await _autoscale(ctx, isvc, workers, nodes, stats, now, emit, body)
     observed = Observed(
         pods=workers,
         nodes=nodes,
@@ -290,6 +322,11 @@ async def reconcile(
         observed=observed,
     )
     plan.status.router_endpoint = router_endpoint(isvc.metadata)
+    if scaling is None:
+        plan.status.autoscaling = None
+        forget(ctx.autoscaler, key)
+    elif scaled is not None:
+        record(isvc, plan.status, *scaled, now)
     await _apply_router(ctx, isvc)
     await _publish_table(ctx, isvc, plan)
     await _act_on_pods(ctx, isvc, plan, now)
@@ -305,7 +342,45 @@ async def reconcile(
     if plan.clear_command:
         patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: None}}}
         await ctx.kube.merge_patch(c.KIND, isvc.metadata.namespace, isvc.metadata.name, patch)
-    return plan.requeue_seconds or ctx.resync_seconds
+    delay = plan.requeue_seconds or ctx.resync_seconds
+    if scaling is not None:
+        due = ctx.autoscaler.last_evaluation.get(key, now) + scaling.interval_seconds
+        delay = min(delay, max(EVALUATION_SLACK_SECONDS, due - time.time()))
+    return delay
+
+
+async def _autoscale(
+    ctx: OperatorContext,
+    isvc: InferenceService,
+    workers: list[PodInfo],
+    nodes: dict[str, NodeInfo],
+    stats: RouterStats | None,
+    now: float,
+    emit: EmitEvent,
+    body: dict[str, Any],
+) -> tuple[InferenceService, tuple[ScaleInput, ScaleDecision, int | None]]:
+    """One autoscaling evaluation; returns ``isvc`` with the replicas decided."""
+    memory, meta = ctx.autoscaler, isvc.metadata
+    key = (meta.namespace, meta.name)
+    inp = scale_input(isvc, workers, nodes, stats, memory.history.get(key, ()), now)
+    decision = decide(inp)
+    memory.history[key] = decision.history
+    memory.last_evaluation[key] = now
+    current = isvc.spec.replicas
+    if not decision.changed(current):
+        return isvc, (inp, decision, None)
+    version = await write_replicas(ctx.kube, isvc, decision.desired)
+    memory.written[key] = (meta.resource_version or "", decision.desired)
+    # The status written below must be matched against the version after
+    # this write: the watch may deliver it before the status write, and
+    # planning on that body's older status would undo the decision's record.
+    if version is not None:
+        meta = meta.model_copy(update={"resource_version": version})
+    event = decision_event(current, decision)
+    logger.info("%s/%s %s: %s", meta.namespace, meta.name, event.reason, event.message)
+    emit(body, event)
+    spec = isvc.spec.model_copy(update={"replicas": decision.desired})
+    return isvc.model_copy(update={"spec": spec, "metadata": meta}), (inp, decision, current)
 
 
 async def _report_invalid(

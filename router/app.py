@@ -168,7 +168,9 @@ class Router(Handler):
             return False, "draining"
         if self.pool.table is None:
             return False, "no routing table loaded"
-        if self.pool.available_count() == 0:
+        if self.pool.available_count() == 0 and self.pool.hold_seconds == 0:
+            # With a hold (autoscaling) the router takes requests and keeps
+            # them until a worker is ready: it must stay in the Service.
             return False, "no healthy backend"
         return True, "ok"
 

@@ -134,6 +134,14 @@ def render(snap: dict[str, Any]) -> bytes:
     out.sample(name, [], snap["queue"]["length"])
     name = out.family("queue_capacity", "gauge", "Size of the wait queue.")
     out.sample(name, [], snap["queue"]["capacity"])
+    demand = snap.get("demand") or {}
+    name = out.family("arrivals_total", "counter",
+                      "Inference requests received (before any queueing or routing).")
+    out.sample(name, [], demand.get("arrivals", 0))
+    if demand.get("idleSeconds") is not None:
+        name = out.family("idle_seconds", "gauge",
+                          "Seconds since the last inference request arrived.")
+        out.sample(name, [], demand["idleSeconds"])
 
     name = out.family("retries_total", "counter", "Retries on another backend, by reason.")
     for reason, n in sorted(counters.get("retries", {}).items()):

@@ -197,7 +197,11 @@ class Pool:
         self._splitter = RevisionSplitter()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self.queue_size = 0
+        self.hold_seconds = 0.0
         self.strategy = Strategy.LEAST_LOADED
+        # Demand, for the operator's autoscaler: requests that arrived, and when the last did.
+        self.arrivals = 0
+        self.last_arrival: float | None = None
 
     # -- table ----------------------------------------------------------------
 
@@ -249,6 +253,7 @@ class Pool:
         self.table = table
         self.strategy = table.strategy
         self.queue_size = table.queue_size
+        self.hold_seconds = table.hold_seconds
         self.dispatch()
         return added, removed
 
@@ -350,10 +355,16 @@ class Pool:
                 queue.popleft()
                 w.fut.set_result(backend)
                 continue
-            if full:
+            if full or self.hold_seconds > 0:
+                # Held requests (scale from zero) wait for a worker until their own timer.
                 return
             queue.popleft()
             w.fut.set_exception(NoBackendError())
+
+    def note_arrival(self) -> None:
+        """A client request arrived (demand the autoscaler reads)."""
+        self.arrivals += 1
+        self.last_arrival = self.clock()
 
     # -- views ----------------------------------------------------------------
 
@@ -422,4 +433,9 @@ class Pool:
             ],
             "revisions": revisions,
             "queue": {"length": len(self._queue), "capacity": self.queue_size},
+            "demand": {
+                "arrivals": self.arrivals,
+                "idleSeconds": round(now - (self.last_arrival if self.last_arrival is not None
+                                            else started), 3),
+            },
         }

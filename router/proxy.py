@@ -21,7 +21,13 @@ from kubeinfer.operator.api.spec import Strategy
 from kubeinfer.router.errors import error_body
 from kubeinfer.router.outcome import FAILED_STREAM_STATUS, stream_outcome
 from kubeinfer.router.payload import Inference, affinity_key
-from kubeinfer.router.pool import BackendState, NoBackendError, QueueFullError, QueueTimeoutError
+from kubeinfer.router.pool import (
+    BackendState,
+    NoBackendError,
+    Pool,
+    QueueFullError,
+    QueueTimeoutError,
+)
 from kubeinfer.router.server import ClientConnection, Request
 from kubeinfer.router.upstream import Exchange, UpstreamError
 
@@ -88,6 +94,7 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
     if table.strategy is Strategy.PREFIX_AFFINITY:
         key = affinity_key(inf, req.session_id, table.prefix_length)
     r.budget.deposit()
+    pool.note_arrival()
     ctx = Ctx()
     loop = r.loop
     deadline = loop.call_later(table.request_timeout_seconds, conn.on_deadline)
@@ -114,6 +121,13 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
                     b = None
                 finally:
                     ctx.queued += time.monotonic() - waited
+            if b is None and not full and failure is None and table.hold_seconds > 0:
+                # No worker at all (scaled to zero, or all starting): hold the
+                # request for one instead of failing it; the operator sees the
+                # queue and scales up.
+                b = await _hold(pool, key, tried, ctx, conn, table)
+                if b is None:
+                    return
             if b is None:
                 if failure is not None:
                     _deliver(conn, ctx, failure)
@@ -160,10 +174,38 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
         r.finish(req, inf, ctx)
 
 
-def _too_busy(conn: ClientConnection, ctx: Ctx, message: str) -> None:
+def _too_busy(conn: ClientConnection, ctx: Ctx, message: str,
+              retry_after: int = 1) -> None:
     ctx.status = 429
     ctx.error = "queue"
-    conn.respond_error(429, message, headers=b"retry-after: 1\r\n")
+    conn.respond_error(429, message, headers=b"retry-after: %d\r\n" % retry_after)
+
+
+# Past the hold a worker is still starting: try again a little later.
+HOLD_RETRY_AFTER_SECONDS = 10
+
+
+async def _hold(pool: Pool, key: int | None, tried: list[str], ctx: Ctx,
+                conn: ClientConnection, table: RoutingTable) -> BackendState | None:
+    """Wait up to ``table.hold_seconds`` for a worker; None when the client got a 429."""
+    if pool.queue_length >= pool.queue_size:
+        _too_busy(conn, ctx, "No worker is ready and the wait queue is full.",
+                  HOLD_RETRY_AFTER_SECONDS)
+        return None
+    waited = time.monotonic()
+    try:
+        return await pool.wait_for_slot(key, tried, table.hold_seconds)
+    except QueueFullError:
+        _too_busy(conn, ctx, "No worker is ready and the wait queue is full.",
+                  HOLD_RETRY_AFTER_SECONDS)
+    except QueueTimeoutError:
+        _too_busy(conn, ctx, f"No worker became ready within {table.hold_seconds:g}s "
+                             "(scaling up from zero).", HOLD_RETRY_AFTER_SECONDS)
+    except NoBackendError:
+        _too_busy(conn, ctx, "No worker is ready.", HOLD_RETRY_AFTER_SECONDS)
+    finally:
+        ctx.queued += time.monotonic() - waited
+    return None
 
 
 def _deliver(conn: ClientConnection, ctx: Ctx, failure: Failure) -> None:

@@ -189,13 +189,19 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
         return snaps[0]
     merged: dict[str, Any] = {
         key: value for key, value in snaps[0].items()
-        if key not in ("backends", "revisions", "counters", "queue")
+        if key not in ("backends", "revisions", "counters", "queue", "demand")
     }
     backends: dict[str, dict[str, Any]] = {}
     revisions: dict[str, dict[str, Any]] = {}
     counters: dict[str, dict[str, int]] = {}
     queue = {"length": 0, "capacity": 0}
+    demand: dict[str, Any] = {"arrivals": 0, "idleSeconds": None}
     for snap in snaps:
+        d = snap.get("demand") or {}
+        demand["arrivals"] += d.get("arrivals", 0)
+        idle = d.get("idleSeconds")
+        if idle is not None and (demand["idleSeconds"] is None or idle < demand["idleSeconds"]):
+            demand["idleSeconds"] = idle
         merged["generation"] = max(merged.get("generation", 0), snap.get("generation", 0))
         queue["length"] += snap["queue"]["length"]
         queue["capacity"] = max(queue["capacity"], snap["queue"]["capacity"])
@@ -231,6 +237,7 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
     merged["revisions"] = revisions
     merged["counters"] = counters
     merged["queue"] = queue
+    merged["demand"] = demand
     return merged
 
 
@@ -283,6 +290,7 @@ def _render_window(w: dict[str, Any], seconds: float) -> dict[str, Any]:
         "p50LatencyMs": percentile(latency, 0.5),
         "p99LatencyMs": percentile(latency, 0.99),
         "p50TtftMs": percentile(ttft, 0.5),
+        "p90TtftMs": percentile(ttft, 0.9),
         "p99TtftMs": percentile(ttft, 0.99),
     }
 
@@ -323,4 +331,5 @@ def render_debug(snap: dict[str, Any]) -> dict[str, Any]:
         ],
         "revisions": revisions,
         "queue": dict(snap["queue"]),
+        "demand": dict(snap.get("demand") or {}),
     }

@@ -90,6 +90,16 @@ class RoutingTable(ApiModel):
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
     queue_size: Annotated[int, Field(ge=0)] = 256
     queue_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    hold_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "While no worker can take a request (none exist: scaled to zero), hold it in "
+                "the queue this long for one to become ready; 0 answers 503 at once."
+            ),
+        ),
+    ] = 0.0
     prefix_length: Annotated[int, Field(ge=1)] = 256
     load_factor: Annotated[float, Field(ge=1.0)] = 1.25
     stall_timeout_seconds: Annotated[

@@ -470,6 +470,19 @@ class RoutingSpec(ApiModel):
         SecretKeyRef | None,
         Field(description="Secret with the API key clients must send (Authorization: Bearer)."),
     ] = None
+    hold_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=86_400,
+            description=(
+                "How long a router holds a request while no worker can take it (scaled to "
+                "zero), then 429 with Retry-After; 0 answers 503 at once. Absent: with "
+                "autoscaling, the worker's load timeout (at most requestTimeoutSeconds), "
+                "else 0. Set it when KEDA or an HPA scales from zero."
+            ),
+        ),
+    ] = None
 
 
 class AnalysisSpec(ApiModel):
@@ -652,16 +665,164 @@ class WorkerSpec(ApiModel):
     ] = None
 
 
+MIN_OVER_MAX_MESSAGE = "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
+ZERO_NEEDS_IDLE_MESSAGE = (
+    "autoscaling.minReplicas 0 needs autoscaling.scaleToZeroAfterSeconds "
+    "(how long without requests before the last GPU is released)"
+)
+IDLE_NEEDS_ZERO_MESSAGE = (
+    "autoscaling.scaleToZeroAfterSeconds only applies with autoscaling.minReplicas 0"
+)
+SURGE_OVER_MAX_MESSAGE = "rollout.maxSurge must not exceed autoscaling.maxReplicas"
+
+
+class AutoscalingSpec(ApiModel):
+    """Follow the load: the operator sets `replicas` between minReplicas and maxReplicas.
+
+    Signals come from the routers (requests in flight and waiting, TTFT);
+    the recommendation for each signal is computed and the largest wins,
+    then stabilisation windows and step limits apply (like the HPA's
+    ``behavior``). See docs/autoscaling.md.
+    """
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    MIN_OVER_MAX_MESSAGE,
+                ),
+                cel(
+                    "!has(self.minReplicas) || self.minReplicas != 0 || "
+                    "has(self.scaleToZeroAfterSeconds)",
+                    ZERO_NEEDS_IDLE_MESSAGE,
+                ),
+                cel(
+                    "!has(self.scaleToZeroAfterSeconds) || "
+                    "(has(self.minReplicas) && self.minReplicas == 0)",
+                    IDLE_NEEDS_ZERO_MESSAGE,
+                ),
+            ]
+        }
+    }
+
+    min_replicas: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1024,
+            description="Fewest worker pods; 0 releases every GPU after scaleToZeroAfterSeconds.",
+        ),
+    ] = 1
+    max_replicas: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1024,
+            description=(
+                "Most worker pods: the GPU budget (a rollout may add rollout.maxSurge on top)."
+            ),
+        ),
+    ]
+    target_in_flight_per_replica: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "Requests in flight plus waiting in the routers, per worker "
+                "(replicas = ceil(total / target))."
+            ),
+        ),
+    ] = 32
+    target_queue_per_replica: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "Requests waiting in the routers' queues: one more worker for every this many "
+                "(off when absent)."
+            ),
+        ),
+    ] = None
+    ttft_p90_objective_ms: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=600_000,
+            description=(
+                "Time-to-first-token p90 objective: above it the operator adds workers in "
+                "proportion and never removes any (off when absent)."
+            ),
+        ),
+    ] = None
+    interval_seconds: Annotated[
+        int, Field(ge=1, le=300, description="How often the routers' signals are read.")
+    ] = 3
+    scale_up_stabilization_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=3_600,
+            description="A higher recommendation must hold this long before GPUs are added.",
+        ),
+    ] = 9
+    scale_down_stabilization_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=86_400,
+            description="A lower recommendation must hold this long before GPUs are removed.",
+        ),
+    ] = 300
+    max_step_up: Annotated[
+        int, Field(ge=1, le=1024, description="Most worker pods added by one decision.")
+    ] = 4
+    max_step_down: Annotated[
+        int, Field(ge=1, le=1024, description="Most worker pods removed by one decision.")
+    ] = 1
+    scale_to_zero_after_seconds: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=604_800,
+            description=(
+                "With minReplicas 0: time without any request before the last worker goes."
+            ),
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _sensible_bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MIN_OVER_MAX_MESSAGE)
+        if self.min_replicas == 0 and self.scale_to_zero_after_seconds is None:
+            raise ValueError(ZERO_NEEDS_IDLE_MESSAGE)
+        if self.min_replicas != 0 and self.scale_to_zero_after_seconds is not None:
+            raise ValueError(IDLE_NEEDS_ZERO_MESSAGE)
+        return self
+
+
 class InferenceServiceSpec(ApiModel):
     """What the user asks for: a model on `replicas` worker pods, behind a router."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
+                # With autoscaling the operator moves replicas, down to 0:
+                # the surge is bounded by the GPU budget instead.
                 cel(
-                    "!has(self.rollout) || !has(self.rollout.maxSurge) || !has(self.replicas) || "
+                    "has(self.autoscaling) || !has(self.rollout) || "
+                    "!has(self.rollout.maxSurge) || !has(self.replicas) || "
                     "self.replicas == 0 || self.rollout.maxSurge <= self.replicas",
                     "rollout.maxSurge must not exceed replicas",
+                ),
+                cel(
+                    "!has(self.autoscaling) || !has(self.rollout) || "
+                    "!has(self.rollout.maxSurge) || "
+                    "self.rollout.maxSurge <= self.autoscaling.maxReplicas",
+                    SURGE_OVER_MAX_MESSAGE,
                 ),
             ]
         }
@@ -673,7 +834,10 @@ class InferenceServiceSpec(ApiModel):
         Field(
             ge=0,
             le=1024,
-            description="Worker pods, one GPU each unless gpu.count is 0 (0 pods allowed).",
+            description=(
+                "Worker pods, one GPU each unless gpu.count is 0 (0 pods allowed); "
+                "set by the operator when autoscaling is on."
+            ),
         ),
     ] = 1
     gpu: Annotated[
@@ -688,9 +852,21 @@ class InferenceServiceSpec(ApiModel):
     worker: Annotated[WorkerSpec, Field(description="The worker pods.")] = Field(
         default_factory=WorkerSpec
     )
+    autoscaling: Annotated[
+        AutoscalingSpec | None,
+        Field(
+            description=(
+                "Scale on load between minReplicas and maxReplicas (off when absent); "
+                "the operator then owns replicas (see docs/autoscaling.md)."
+            )
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _surge_within_replicas(self) -> Self:
-        if self.replicas and self.rollout.max_surge > self.replicas:
+        if self.autoscaling is not None:
+            if self.rollout.max_surge > self.autoscaling.max_replicas:
+                raise ValueError(SURGE_OVER_MAX_MESSAGE)
+        elif self.replicas and self.rollout.max_surge > self.replicas:
             raise ValueError("rollout.maxSurge must not exceed replicas")
         return self

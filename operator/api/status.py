@@ -176,6 +176,61 @@ class GpuFault(ApiModel):
     at: Annotated[str | None, Field(description="When it was seen (RFC 3339).")] = None
 
 
+class AutoscalingSignals(ApiModel):
+    """The routers' load signals behind the last autoscaling evaluation."""
+
+    routers: Annotated[int, Field(description="Routers that answered.")] = 0
+    in_flight: Annotated[int, Field(description="Requests in flight to workers.")] = 0
+    queued: Annotated[
+        int, Field(description="Requests waiting in the routers' queues (held ones too).")
+    ] = 0
+    ready_replicas: Annotated[int, Field(description="Workers in rotation.")] = 0
+    per_replica: Annotated[
+        float | None,
+        Field(description="(inFlight + queued) / ready workers; None with no ready worker."),
+    ] = None
+    ttft_p90_ms: Annotated[
+        float | None, Field(description="TTFT p90 over the routers' window.")
+    ] = None
+    idle_seconds: Annotated[
+        float | None, Field(description="Seconds since the last request reached a router.")
+    ] = None
+
+
+class ScalingDecision(ApiModel):
+    """One change of replicas made by the autoscaler."""
+
+    time: Annotated[str | None, Field(description="When (RFC 3339).")] = None
+    from_replicas: Annotated[int, Field(description="replicas before.")] = 0
+    to_replicas: Annotated[int, Field(description="replicas after.")] = 0
+    reason: Annotated[
+        str, Field(description="CamelCase reason, e.g. InFlightAboveTarget, Idle.")
+    ] = ""
+    message: Annotated[str, Field(description="Why, with the signal values.")] = ""
+
+
+class AutoscalingStatus(ApiModel):
+    """What the autoscaler sees and wants (spec.autoscaling)."""
+
+    desired_replicas: Annotated[
+        int, Field(description="Replicas the autoscaler wants now (spec.replicas follows).")
+    ] = 0
+    current_replicas: Annotated[int, Field(description="Worker pods that exist.")] = 0
+    recommendation: Annotated[
+        int, Field(description="Replicas the signals ask for, before windows and limits.")
+    ] = 0
+    reason: Annotated[
+        str, Field(description="Why desired is what it is (e.g. StabilizingDown, Steady).")
+    ] = ""
+    message: Annotated[str, Field(description="The current evaluation, in words.")] = ""
+    signals: Annotated[
+        AutoscalingSignals | None, Field(description="Signal values of the last evaluation.")
+    ] = None
+    last_decision: Annotated[
+        ScalingDecision | None, Field(description="The last change of replicas.")
+    ] = None
+
+
 class InferenceServiceStatus(ApiModel):
     """What the operator observed and decided.
 
@@ -221,3 +276,7 @@ class InferenceServiceStatus(ApiModel):
     warnings: Annotated[list[str], Field(description="Things worth a look.")] = Field(
         default_factory=list
     )
+    autoscaling: Annotated[
+        AutoscalingStatus | None,
+        Field(description="The autoscaler's view (only with spec.autoscaling)."),
+    ] = None

@@ -14,6 +14,7 @@ from kubeinfer.operator.api.routing import (
 )
 from kubeinfer.operator.api.spec import InferenceServiceSpec
 from kubeinfer.operator.builders.common import child_metadata, component_labels
+from kubeinfer.operator.builders.worker import startup_budget_seconds
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,25 @@ def build_routing_table(
         connect_timeout_seconds=routing.connect_timeout_seconds,
         queue_size=routing.queue_size,
         queue_timeout_seconds=routing.queue_timeout_seconds,
+        hold_seconds=hold_seconds(spec),
         prefix_length=routing.prefix_length,
         load_factor=routing.load_factor,
     )
+
+
+def hold_seconds(spec: InferenceServiceSpec) -> float:
+    """How long routers hold a request while no worker can take it.
+
+    ``routing.holdTimeoutSeconds`` when set. Otherwise only with
+    autoscaling: then a request is what brings the first worker back, and
+    it must wait for the model to load (the worker's load budget). Without
+    an autoscaler nobody is coming, so 503 at once.
+    """
+    if spec.routing.hold_timeout_seconds is not None:
+        return float(spec.routing.hold_timeout_seconds)
+    if spec.autoscaling is None:
+        return 0.0
+    return float(min(startup_budget_seconds(spec), spec.routing.request_timeout_seconds))
 
 
 def normalise_weights(weights: dict[str, int], available: set[str]) -> dict[str, int]:

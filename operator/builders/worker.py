@@ -37,7 +37,9 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 # the model is loaded).
 STARTUP_BASE_SECONDS = 300
 STARTUP_SECONDS_PER_GIB = 30
-STARTUP_PERIOD_SECONDS = 10
+# Probed often: a worker that scaling added enters rotation within 2 s of
+# its model being loaded, not up to 10 s later (the probe is one small GET).
+STARTUP_PERIOD_SECONDS = 2
 # Memory buckets for largest-first placement (MiB, GFD's unit).
 LARGEST_FIRST_BUCKETS = ((80_000, 100), (40_000, 60), (20_000, 30))
 # CPU workers prefer nodes without GPUs (no GPU product label), so that

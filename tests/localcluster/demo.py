@@ -6,13 +6,14 @@
 3. `kubectl apply` examples/simulated.yaml: 4 simulated GPU workers and a
    router;
 4. steady OpenAI-client traffic through the router for the rest of the demo;
-5. kill a worker; roll out a broken revision (rolled back automatically);
-   roll out a good one (promoted step by step);
+5. kill a worker; turn autoscaling on and send a burst (it scales up, then
+   autoscaling goes off again); roll out a broken revision (rolled back
+   automatically); roll out a good one (promoted step by step);
 6. print what every request did, draw what a real Prometheus scraped
    during steps 4-5 (requests/s, errors, p99 latency, canary weight, ready
-   replicas, with the kill/rollback/promotion moments) into a PNG and print
-   its path, then tear the cluster down (``--keep`` leaves it running for
-   `eval $(kubeinfer cluster env)`).
+   replicas, with the kill/scale-up/rollback/promotion moments) into a PNG
+   and print its path, then tear the cluster down (``--keep`` leaves it
+   running for `eval $(kubeinfer cluster env)`).
 
 Every step waits on a condition with a deadline and stops the demo with the
 reason when it is not met.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -120,6 +122,43 @@ def router_base(kube: KubeClient) -> str:
     return str(wait(ready, 60, "a ready router pod"))
 
 
+async def autoscale_burst(kube: KubeClient, base: str) -> None:
+    """Autoscaling on, a burst of traffic, the scale-up; then back to 4 fixed replicas."""
+    say("autoscaling on (4..6 workers, 2 requests in flight per worker), then a burst")
+    kube.merge_patch(
+        f"/apis/{c.API_VERSION}/namespaces/{NAMESPACE}/{c.PLURAL}/{NAME}",
+        {
+            "spec": {
+                "autoscaling": {"minReplicas": 4, "maxReplicas": 6, "targetInFlightPerReplica": 2}
+            }
+        },
+    )
+    burst = Load(base, "demo-model", clients=24, stream_every=1_000_000)
+    async with burst.running():
+        await asyncio.to_thread(
+            wait, lambda: isvc(kube)["spec"]["replicas"] > 4, 60, "the autoscaler to add workers"
+        )
+        await asyncio.to_thread(
+            wait,
+            lambda: status_field(kube, "readyReplicas") == isvc(kube)["spec"]["replicas"],
+            60,
+            "the new workers to be ready",
+        )
+        show(kube, "get", "infsvc", "-n", NAMESPACE, "-o", "wide")
+        print(json.dumps(status_field(kube, "autoscaling", "lastDecision"), indent=1), flush=True)
+    say(f"burst: {burst.summary()}")
+    if burst.outcomes["failed"]:
+        raise SystemExit(f"FAILED requests in the burst: {burst.failures[:5]}")
+    say("autoscaling off again, back to 4 workers")
+    kube.merge_patch(
+        f"/apis/{c.API_VERSION}/namespaces/{NAMESPACE}/{c.PLURAL}/{NAME}",
+        {"spec": {"autoscaling": None, "replicas": 4}},
+    )
+    await asyncio.to_thread(
+        wait, lambda: status_field(kube, "readyReplicas") == 4, 60, "4 ready workers"
+    )
+
+
 async def scenario(kube: KubeClient, state: ClusterState, monitor: DemoMonitor) -> Load:
     base = router_base(kube)
     say(f"sending OpenAI-client traffic to the router at {base} (4 clients, every 4th streams)")
@@ -138,6 +177,9 @@ async def scenario(kube: KubeClient, state: ClusterState, monitor: DemoMonitor) 
             wait, lambda: load.total() >= before + 100, 60, "100 more requests after the kill"
         )
         say(f"so far: {load.summary()}")
+
+        monitor.mark("scale up")
+        await autoscale_burst(kube, base)
 
         stable = status_field(kube, "stableRevision")
         say("roll out a broken revision (its engine fails half of all requests)")

@@ -9,7 +9,14 @@ import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.operator.api import engineflags
-from kubeinfer.operator.api.spec import NO_GPU_LARGEST_FIRST_MESSAGE, NO_GPU_SELECTORS_MESSAGE
+from kubeinfer.operator.api.spec import (
+    IDLE_NEEDS_ZERO_MESSAGE,
+    MIN_OVER_MAX_MESSAGE,
+    NO_GPU_LARGEST_FIRST_MESSAGE,
+    NO_GPU_SELECTORS_MESSAGE,
+    SURGE_OVER_MAX_MESSAGE,
+    ZERO_NEEDS_IDLE_MESSAGE,
+)
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -107,6 +114,13 @@ BAD = [
             }
         },
         "Gt and Lt take exactly one integer value",
+    ),
+    ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, MIN_OVER_MAX_MESSAGE),
+    ({"autoscaling": {"minReplicas": 0, "maxReplicas": 2}}, ZERO_NEEDS_IDLE_MESSAGE),
+    ({"autoscaling": {"maxReplicas": 2, "scaleToZeroAfterSeconds": 60}}, IDLE_NEEDS_ZERO_MESSAGE),
+    (
+        {"autoscaling": {"maxReplicas": 2}, "rollout": {"maxSurge": 3}},
+        SURGE_OVER_MAX_MESSAGE,
     ),
 ]
 

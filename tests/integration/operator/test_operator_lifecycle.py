@@ -74,9 +74,11 @@ def test_apply_serves_through_the_router(
         "NAME",
         "READY",
         "REPLICAS",
+        "DESIRED",
         "CANARY",
         "STRATEGY",
         "PHASE",
+        "SCALING",
         "AGE",
     ]
 

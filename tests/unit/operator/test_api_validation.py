@@ -47,6 +47,19 @@ class TestDefaults:
         assert "maxSurge" in spec.to_dict()["rollout"]
         assert "vramGiB" not in spec.to_dict()["model"]
 
+    def test_autoscaling_owns_replicas_so_surge_is_bounded_by_max(self) -> None:
+        # replicas 0 (scaled to zero) with maxSurge 2 is fine under autoscaling
+        spec = parse_spec(
+            {
+                **BASE,
+                "replicas": 0,
+                "rollout": {"maxSurge": 2},
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 4, "scaleToZeroAfterSeconds": 60},
+            }
+        )
+        assert spec.autoscaling is not None
+        assert spec.autoscaling.target_in_flight_per_replica == 32
+
     def test_zero_replicas_allowed(self) -> None:
         assert parse_spec(with_("replicas", 0)).replicas == 0
 
@@ -150,6 +163,27 @@ INVALID = [
             },
         ),
         "operator: String should match pattern",
+    ),
+    (
+        with_("autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
+        "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+    ),
+    (
+        with_("autoscaling", {"minReplicas": 0, "maxReplicas": 2}),
+        "autoscaling.minReplicas 0 needs autoscaling.scaleToZeroAfterSeconds",
+    ),
+    (
+        with_("autoscaling", {"maxReplicas": 2, "scaleToZeroAfterSeconds": 60}),
+        "scaleToZeroAfterSeconds only applies with autoscaling.minReplicas 0",
+    ),
+    (
+        {**with_("autoscaling", {"maxReplicas": 2}), "rollout": {"maxSurge": 3}},
+        "rollout.maxSurge must not exceed autoscaling.maxReplicas",
+    ),
+    (with_("autoscaling", {"minReplicas": 1}), "autoscaling.maxReplicas: Field required"),
+    (
+        with_("autoscaling", {"maxReplicas": 2, "targetInFlightPerReplica": 0}),
+        "targetInFlightPerReplica: Input should be greater than or equal to 1",
     ),
 ]
 

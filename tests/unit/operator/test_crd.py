@@ -67,7 +67,16 @@ def test_subresources_columns_and_short_name() -> None:
     }
     assert "status" in version["subresources"]
     names = [col["name"] for col in version["additionalPrinterColumns"] if "priority" not in col]
-    assert names == ["Ready", "Replicas", "Canary", "Strategy", "Phase", "Age"]
+    assert names == [
+        "Ready",
+        "Replicas",
+        "Desired",
+        "Canary",
+        "Strategy",
+        "Phase",
+        "Scaling",
+        "Age",
+    ]
     assert crd["spec"]["names"]["shortNames"] == ["infsvc"]
 
 

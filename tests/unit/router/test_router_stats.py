@@ -147,7 +147,7 @@ def test_oldest_running_attempt_is_measured_from_its_start() -> None:
 
 def test_debug_document_has_the_agreed_shape() -> None:
     doc = render_debug(_pool_snapshot(5, 0, 0.020))
-    assert set(doc) == {"generation", "model", "backends", "revisions", "queue"}
+    assert set(doc) == {"generation", "model", "backends", "revisions", "queue", "demand"}
     assert doc["generation"] == 4
     assert doc["model"] == "m"
     assert set(doc["backends"][0]) == {
@@ -176,9 +176,21 @@ def test_debug_document_has_the_agreed_shape() -> None:
         "p50LatencyMs",
         "p99LatencyMs",
         "p50TtftMs",
+        "p90TtftMs",
         "p99TtftMs",
     }
     assert set(doc["queue"]) == {"length", "capacity"}
+    assert set(doc["demand"]) == {"arrivals", "idleSeconds"}
+
+
+def test_merge_sums_arrivals_and_keeps_the_shortest_idle_time() -> None:
+    one = _pool_snapshot(10, 1, 0.010)
+    two = _pool_snapshot(30, 3, 0.100)
+    one["demand"] = {"arrivals": 7, "idleSeconds": 40.0}
+    two["demand"] = {"arrivals": 5, "idleSeconds": 2.5}
+    doc = render_debug(merge_snapshots([one, two]))
+    # a request seen by any process 2.5 s ago makes the pod busy
+    assert doc["demand"] == {"arrivals": 12, "idleSeconds": 2.5}
 
 
 def test_prometheus_text_parses_and_has_the_families() -> None:
