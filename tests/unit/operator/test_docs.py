@@ -150,6 +150,13 @@ def check_flux_helm_release(doc: dict[str, Any]) -> None:
     chart_values_are_valid(doc["spec"]["values"])
 
 
+def check_keda_scaled_object(doc: dict[str, Any]) -> None:
+    """In depth (fields, types, exported metric names) in test_autoscaling_docs.py."""
+    assert doc["apiVersion"] == "keda.sh/v1alpha1"
+    target = doc["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == (f"{GROUP}/{VERSION}", "InferenceService")
+
+
 # How each kind of document in the docs is checked; a document of another
 # kind fails the test until a check is added here.
 CHECKS = {
@@ -157,6 +164,7 @@ CHECKS = {
     "Application": check_argo_application,
     "GitRepository": check_flux_git_repository,
     "HelmRelease": check_flux_helm_release,
+    "ScaledObject": check_keda_scaled_object,
 }
 DOCUMENTS = yaml_documents()
 
