@@ -53,7 +53,8 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-QUEUE = {"size": 256}
+# routing.queueSize; None: the operator's default (1024 with autoscaling, 256 without).
+QUEUE: dict[str, int | None] = {"size": None}
 
 
 def service(name: str, replicas: int, autoscaling: dict[str, Any] | None, load_s: float = 0.0
@@ -61,8 +62,8 @@ def service(name: str, replicas: int, autoscaling: dict[str, Any] | None, load_s
     spec: dict[str, Any] = {
         "model": {"name": MODEL, "source": "simulated/bench"},
         "replicas": replicas,
-        "routing": {"routerReplicas": 1, "maxConcurrencyPerWorker": 4,
-                    "queueSize": QUEUE["size"], "queueTimeoutSeconds": 60},
+        "routing": {"routerReplicas": 1, "maxConcurrencyPerWorker": 4, "queueTimeoutSeconds": 60,
+                    **({} if QUEUE["size"] is None else {"queueSize": QUEUE["size"]})},
         "worker": {
             "engine": "simulated",
             "resources": {"cpu": "100m", "memory": "128Mi"},
@@ -350,8 +351,9 @@ def main() -> int:
     parser.add_argument("--zero-rounds", type=int, default=3)
     parser.add_argument("--load-seconds", type=float, default=5.0,
                         help="simulated model load time in the zero scenario")
-    parser.add_argument("--queue-size", type=int, default=256,
-                        help="routing.queueSize (requests a router holds while workers are busy)")
+    parser.add_argument("--queue-size", type=int, default=None,
+                        help="routing.queueSize (requests a router holds while workers are busy); "
+                        "default: the operator's (1024 with autoscaling, 256 without)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     QUEUE["size"] = args.queue_size

@@ -433,9 +433,16 @@ class RoutingSpec(ApiModel):
         float, Field(gt=0, le=60, description="Timeout to connect to a worker.")
     ] = 2.0
     queue_size: Annotated[
-        int,
-        Field(ge=0, le=100_000, description="Requests that may wait when all workers are full."),
-    ] = 256
+        int | None,
+        Field(
+            ge=0,
+            le=100_000,
+            description=(
+                "Requests that may wait when all workers are full; when absent 256, or 1024 "
+                "with autoscaling (a spike waits there while new workers start)."
+            ),
+        ),
+    ] = None
     queue_timeout_seconds: Annotated[
         float, Field(gt=0, le=3_600, description="Longest wait in the queue before 429.")
     ] = 30.0

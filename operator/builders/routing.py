@@ -74,12 +74,26 @@ def build_routing_table(
         retries=routing.retries,
         request_timeout_seconds=routing.request_timeout_seconds,
         connect_timeout_seconds=routing.connect_timeout_seconds,
-        queue_size=routing.queue_size,
+        queue_size=queue_size(spec),
         queue_timeout_seconds=routing.queue_timeout_seconds,
         hold_seconds=hold_seconds(spec),
         prefix_length=routing.prefix_length,
         load_factor=routing.load_factor,
     )
+
+
+# The routers' queue when routing.queueSize is absent. With autoscaling it
+# must hold a spike's excess while new workers start: 256 filled in ~7 s of
+# a 4x step in bench/autoscaling (10 % of the spike got 429), 1024 held it
+# with 0 failed (docs/benchmarks.md, Autoscaling).
+DEFAULT_QUEUE_SIZE = 256
+DEFAULT_QUEUE_SIZE_AUTOSCALING = 1024
+
+
+def queue_size(spec: InferenceServiceSpec) -> int:
+    if spec.routing.queue_size is not None:
+        return spec.routing.queue_size
+    return DEFAULT_QUEUE_SIZE if spec.autoscaling is None else DEFAULT_QUEUE_SIZE_AUTOSCALING
 
 
 def hold_seconds(spec: InferenceServiceSpec) -> float:

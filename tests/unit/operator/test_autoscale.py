@@ -16,7 +16,7 @@ from kubeinfer.operator.autoscale import (
     recommend,
     signals_status,
 )
-from kubeinfer.operator.builders.routing import hold_seconds
+from kubeinfer.operator.builders.routing import hold_seconds, queue_size
 
 
 def spec(**fields: object) -> AutoscalingSpec:
@@ -387,6 +387,23 @@ def test_hold_defaults_to_what_a_model_load_needs(extra: dict[str, object], hold
         {"model": {"name": "m", "source": "org/m", "vramGiB": 1}, **extra}  # type: ignore[dict-item]
     )
     assert hold_seconds(spec) == hold
+
+
+@pytest.mark.parametrize(
+    ("extra", "size"),
+    [
+        ({}, 256),
+        # A spike's excess waits while new workers start (bench/autoscaling).
+        ({"autoscaling": {"maxReplicas": 4}}, 1024),
+        ({"autoscaling": {"maxReplicas": 4}, "routing": {"queueSize": 64}}, 64),
+        ({"routing": {"queueSize": 0}}, 0),
+    ],
+)
+def test_the_queue_is_larger_by_default_with_autoscaling(
+    extra: dict[str, object], size: int
+) -> None:
+    spec = parse_spec({"model": {"name": "m", "source": "org/m"}, **extra})  # type: ignore[dict-item]
+    assert queue_size(spec) == size
 
 
 def test_status_shows_idle_time_coarsely_so_an_idle_service_is_not_rewritten() -> None:
