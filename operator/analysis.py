@@ -6,9 +6,10 @@ percentiles take the worst router (a conservative choice: a canary that
 is slow behind one router is slow).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from kubeinfer.operator.api.debugbackends import DebugBackends, GpuReport
 from kubeinfer.operator.api.spec import AnalysisSpec
 from kubeinfer.operator.api.status import RevisionStats
 
@@ -42,15 +43,15 @@ class GpuFacts:
     fault: str | None
 
     @classmethod
-    def from_report(cls, report: dict[str, Any]) -> "GpuFacts":
-        total, used = report.get("memoryTotalBytes"), report.get("memoryUsedBytes")
+    def from_report(cls, report: GpuReport) -> "GpuFacts":
+        total, used = report.memory_total_bytes, report.memory_used_bytes
         return cls(
-            uuid=report.get("uuid"),
-            name=report.get("name"),
-            memory_mib=int(total) // MIB if isinstance(total, int) else None,
-            memory_used_mib=int(used) // MIB if isinstance(used, int) else None,
-            healthy=report.get("healthy") is not False,
-            fault=report.get("fault"),
+            uuid=report.uuid,
+            name=report.name,
+            memory_mib=None if total is None else total // MIB,
+            memory_used_mib=None if used is None else used // MIB,
+            healthy=report.healthy,
+            fault=report.fault,
         )
 
 
@@ -75,7 +76,7 @@ def _worst(a: float | None, b: float | None) -> float | None:
     return max(values) if values else None
 
 
-def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
+def parse_router_stats(documents: Sequence[DebugBackends]) -> RouterStats:
     """Add up the ``/debug/backends`` documents of several routers."""
     revisions: dict[str, RevisionCounters] = {}
     in_flight: dict[str, int] = {}
@@ -83,30 +84,27 @@ def parse_router_stats(documents: list[dict[str, Any]]) -> RouterStats:
     queued = arrivals = 0
     idle: float | None = None
     for doc in documents:
-        queued += int((doc.get("queue") or {}).get("length", 0))
-        demand = doc.get("demand") or {}
-        arrivals += int(demand.get("arrivals", 0))
-        if demand.get("idleSeconds") is not None:
+        queued += doc.queue.length
+        arrivals += doc.demand.arrivals
+        if doc.demand.idle_seconds is not None:
             # Any router that saw a request recently makes the service busy.
-            value = float(demand["idleSeconds"])
+            value = doc.demand.idle_seconds
             idle = value if idle is None else min(idle, value)
-        for name, rev in (doc.get("revisions") or {}).items():
-            window = rev.get("window") or {}
+        for name, rev in doc.revisions.items():
+            window = rev.window
             old = revisions.get(name, RevisionCounters())
             revisions[name] = RevisionCounters(
-                requests=old.requests + int(rev.get("requests", 0)),
-                errors=old.errors + int(rev.get("errors", 0)),
-                p99_latency_ms=_worst(old.p99_latency_ms, window.get("p99LatencyMs")),
-                p99_ttft_ms=_worst(old.p99_ttft_ms, window.get("p99TtftMs")),
-                p90_ttft_ms=_worst(old.p90_ttft_ms, window.get("p90TtftMs")),
-                window_requests=old.window_requests + int(window.get("requests", 0)),
+                requests=old.requests + rev.requests,
+                errors=old.errors + rev.errors,
+                p99_latency_ms=_worst(old.p99_latency_ms, window.p99_latency_ms),
+                p99_ttft_ms=_worst(old.p99_ttft_ms, window.p99_ttft_ms),
+                p90_ttft_ms=_worst(old.p90_ttft_ms, window.p90_ttft_ms),
+                window_requests=old.window_requests + window.requests,
             )
-        for backend in doc.get("backends") or []:
-            name = backend.get("name", "")
-            in_flight[name] = in_flight.get(name, 0) + int(backend.get("inFlight", 0))
-            report = backend.get("gpu")
-            if isinstance(report, dict) and name not in gpus:
-                gpus[name] = GpuFacts.from_report(report)
+        for backend in doc.backends:
+            in_flight[backend.name] = in_flight.get(backend.name, 0) + backend.in_flight
+            if backend.gpu is not None and backend.name not in gpus:
+                gpus[backend.name] = GpuFacts.from_report(backend.gpu)
     return RouterStats(
         routers=len(documents),
         revisions=revisions,

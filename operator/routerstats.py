@@ -2,25 +2,30 @@
 
 import asyncio
 import logging
-from typing import Any
 
 import aiohttp
 from kubeinfer.operator.analysis import RouterStats, parse_router_stats
 from kubeinfer.operator.api.constants import ROUTER_HTTP_PORT
+from kubeinfer.operator.api.debugbackends import DebugBackends
+from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
 
-async def _fetch(session: aiohttp.ClientSession, ip: str) -> dict[str, Any] | None:
+async def _fetch(session: aiohttp.ClientSession, ip: str) -> DebugBackends | None:
     url = f"http://{ip}:{ROUTER_HTTP_PORT}/debug/backends"
     try:
         async with session.get(url, timeout=TIMEOUT) as response:
             if response.status != 200:
                 logger.warning("router %s answered %s", url, response.status)
                 return None
-            body: dict[str, Any] = await response.json()
-            return body
+            body = await response.read()
+        return DebugBackends.model_validate_json(body)
+    except ValidationError as error:
+        # Another version of the router (mid-upgrade): judge on the others.
+        logger.warning("router %s: unreadable /debug/backends: %s", url, error)
+        return None
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         # One router being away (restarting, not ready yet) must not stop
         # the rollout from judging on the others.

@@ -13,14 +13,15 @@ worst router. Refreshed every second;
 
 import argparse
 import asyncio
-import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.debugbackends import DebugBackends
 from kubeinfer.operator.api.status import InferenceServiceStatus
 from kubeinfer.operator.clicommon import (
     CommandError,
@@ -35,6 +36,7 @@ from kubeinfer.operator.clicommon import (
 )
 from kubeinfer.operator.kube import ApiError, KubeClient
 from kubeinfer.operator.observe import observe_pod
+from pydantic import ValidationError
 
 MIB = 1024 * 1024
 # kube-apiserver will not proxy to loopback or link-local pod IPs.
@@ -107,40 +109,41 @@ def revision_weights(status: InferenceServiceStatus) -> dict[str, int]:
 
 
 def merge_routers(
-    service: str, documents: list[dict[str, Any]], weights: dict[str, int]
+    service: str, documents: Sequence[DebugBackends], weights: dict[str, int]
 ) -> list[WorkerRow]:
     """One row per worker from the ``/debug/backends`` of all routers (pure)."""
     rows: dict[str, WorkerRow] = {}
     for doc in documents:
-        for b in doc.get("backends") or []:
-            row = rows.get(b["name"])
+        for b in doc.backends:
+            row = rows.get(b.name)
+            healthy = b.healthy and not b.ejected
             if row is None:
-                row = rows[b["name"]] = WorkerRow(
+                row = rows[b.name] = WorkerRow(
                     service=service,
-                    pod=b["name"],
-                    revision=b.get("revision", ""),
-                    weight=weights.get(b.get("revision", ""), 0),
-                    healthy=bool(b.get("healthy")) and not b.get("ejected"),
+                    pod=b.name,
+                    revision=b.revision,
+                    weight=weights.get(b.revision, 0),
+                    healthy=healthy,
                 )
             else:
-                row.healthy = row.healthy and bool(b.get("healthy")) and not b.get("ejected")
-            window = b.get("window") or {}
-            row.in_flight += int(b.get("inFlight") or 0)
-            if b.get("queueDepth") is not None:
-                row.waiting = max(row.waiting or 0, int(b["queueDepth"]))
-            row.requests += int(window.get("requests") or 0)
-            row.total += int(b.get("requests") or 0)
-            row.window_seconds = max(row.window_seconds, float(window.get("seconds") or 0))
-            row.p50_ms = _worst(row.p50_ms, window.get("p50LatencyMs"))
-            row.p99_ms = _worst(row.p99_ms, window.get("p99LatencyMs"))
-            row.ttft_p50_ms = _worst(row.ttft_p50_ms, window.get("p50TtftMs"))
-            row.oldest_s = _worst(row.oldest_s, b.get("oldestRunningSeconds"))
-            gpu = b.get("gpu") or {}
-            if gpu and row.gpu_total_mib is None:
-                row.gpu_util = gpu.get("utilizationPercent")
-                used, total = gpu.get("memoryUsedBytes"), gpu.get("memoryTotalBytes")
-                row.gpu_used_mib = int(used) // MIB if isinstance(used, int) else None
-                row.gpu_total_mib = int(total) // MIB if isinstance(total, int) else None
+                row.healthy = row.healthy and healthy
+            window = b.window
+            row.in_flight += b.in_flight
+            if b.queue_depth is not None:
+                row.waiting = max(row.waiting or 0, b.queue_depth)
+            row.requests += window.requests
+            row.total += b.requests
+            row.window_seconds = max(row.window_seconds, window.seconds)
+            row.p50_ms = _worst(row.p50_ms, window.p50_latency_ms)
+            row.p99_ms = _worst(row.p99_ms, window.p99_latency_ms)
+            row.ttft_p50_ms = _worst(row.ttft_p50_ms, window.p50_ttft_ms)
+            row.oldest_s = _worst(row.oldest_s, b.oldest_running_seconds)
+            gpu = b.gpu
+            if gpu is not None and row.gpu_total_mib is None:
+                row.gpu_util = gpu.utilization_percent
+                used, total = gpu.memory_used_bytes, gpu.memory_total_bytes
+                row.gpu_used_mib = None if used is None else used // MIB
+                row.gpu_total_mib = None if total is None else total // MIB
     return sorted(rows.values(), key=lambda r: (r.service, r.revision, r.pod))
 
 
@@ -201,7 +204,15 @@ def render_top(rows: list[WorkerRow]) -> str:
     )
 
 
-async def read_direct(ip: str) -> dict[str, Any] | None:
+def _document(raw: str | bytes, where: str) -> DebugBackends | None:
+    try:
+        return DebugBackends.model_validate_json(raw)
+    except ValidationError as error:  # another router version, mid-upgrade
+        print(f"router {where}: unreadable /debug/backends: {error}", file=sys.stderr)
+        return None
+
+
+async def read_direct(ip: str) -> DebugBackends | None:
     """The router at its pod IP: for the local control plane, whose pod IPs
     are loopback addresses that the API server refuses to proxy to."""
     url = f"http://{ip}:{c.ROUTER_HTTP_PORT}/debug/backends"
@@ -212,14 +223,13 @@ async def read_direct(ip: str) -> dict[str, Any] | None:
         ):
             if answer.status != 200:
                 return None
-            doc: dict[str, Any] = await answer.json()
-            return doc
+            return _document(await answer.read(), url)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         print(f"router {url}: {error}", file=sys.stderr)
         return None
 
 
-async def router_documents(kube: KubeClient, namespace: str, service: str) -> list[dict[str, Any]]:
+async def router_documents(kube: KubeClient, namespace: str, service: str) -> list[DebugBackends]:
     """``/debug/backends`` of every ready router pod, through the API server."""
     selector = f"{c.LABEL_SERVICE}={service},{c.LABEL_COMPONENT}={c.COMPONENT_ROUTER}"
     pods = (
@@ -229,12 +239,12 @@ async def router_documents(kube: KubeClient, namespace: str, service: str) -> li
     )["items"]
     routers = [observe_pod(p) for p in pods]
 
-    async def read(pod: str, ip: str | None) -> dict[str, Any] | None:
+    async def read(pod: str, ip: str | None) -> DebugBackends | None:
         path = (
             f"/api/v1/namespaces/{namespace}/pods/{pod}:{c.ROUTER_HTTP_PORT}/proxy/debug/backends"
         )
         try:
-            doc: dict[str, Any] = json.loads(await kube.get_text(path))
+            text = await kube.get_text(path)
         except ApiError as error:
             if error.status == 403:
                 raise
@@ -243,7 +253,7 @@ async def router_documents(kube: KubeClient, namespace: str, service: str) -> li
             # One router restarting must not blank the view.
             print(f"router {pod}: {error}", file=sys.stderr)
             return None
-        return doc
+        return _document(text, pod)
 
     answers = await asyncio.gather(*(read(p.name, p.ip) for p in routers if p.ready))
     return [a for a in answers if a is not None]

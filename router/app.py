@@ -184,7 +184,7 @@ class Router(Handler):
         if path == b"/metrics":
             conn.respond(200, metrics.render(snap), metrics.CONTENT_TYPE)
         else:
-            conn.respond(200, json.dumps(render_debug(snap)).encode())
+            conn.respond(200, render_debug(snap).model_dump_json(by_alias=True).encode())
 
     async def _pod_view(self, conn: ClientConnection, path: bytes) -> None:
         snap = await self.pod_snapshot()

@@ -18,6 +18,16 @@ import bisect
 import math
 from typing import Any
 
+from kubeinfer.operator.api.debugbackends import (
+    BackendStats,
+    DebugBackends,
+    Demand,
+    GpuReport,
+    QueueStats,
+    RevisionStats,
+    StatsWindow,
+)
+
 # Sliding-window histogram: bucket i holds values in [BASE*G^i, BASE*G^(i+1)) ms.
 _BASE_MS = 0.01
 _GROWTH = 1.05
@@ -279,57 +289,60 @@ def _add_stats(into: dict[str, Any], other: dict[str, Any]) -> None:
     _add_hist(into["ttft"], other["ttft"])
 
 
-def _render_window(w: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _render_window(w: dict[str, Any], seconds: float) -> StatsWindow:
     latency = _int_keys(w["latency"])
     ttft = _int_keys(w["ttft"])
-    return {
-        "seconds": seconds,
-        "requests": w["requests"],
-        "errors": w["errors"],
-        "errorRate": round(w["errors"] / w["requests"], 6) if w["requests"] else 0.0,
-        "p50LatencyMs": percentile(latency, 0.5),
-        "p99LatencyMs": percentile(latency, 0.99),
-        "p50TtftMs": percentile(ttft, 0.5),
-        "p90TtftMs": percentile(ttft, 0.9),
-        "p99TtftMs": percentile(ttft, 0.99),
-    }
+    return StatsWindow(
+        seconds=seconds,
+        requests=w["requests"],
+        errors=w["errors"],
+        error_rate=round(w["errors"] / w["requests"], 6) if w["requests"] else 0.0,
+        p50_latency_ms=percentile(latency, 0.5),
+        p99_latency_ms=percentile(latency, 0.99),
+        p50_ttft_ms=percentile(ttft, 0.5),
+        p90_ttft_ms=percentile(ttft, 0.9),
+        p99_ttft_ms=percentile(ttft, 0.99),
+    )
 
 
-def render_debug(snap: dict[str, Any]) -> dict[str, Any]:
+def render_debug(snap: dict[str, Any]) -> DebugBackends:
     """The ``/debug/backends`` document (read by the operator's canary
-    analysis and GPU inventory, and by `kubectl kubeinfer top`)."""
+    analysis, autoscaler and GPU inventory, and by `kubectl kubeinfer top`)."""
     revisions = {}
     seconds = 0.0
     for rev, r in snap["revisions"].items():
         seconds = r["window"]["seconds"]
-        revisions[rev] = {
-            "requests": r["stats"]["requests"],
-            "errors": r["stats"]["errors"],
-            "window": _render_window(r["window"], seconds),
-        }
-    return {
-        "generation": snap["generation"],
-        "model": snap["model"],
-        "backends": [
-            {
-                "name": b["name"],
-                "url": b["url"],
-                "revision": b["revision"],
-                "healthy": b["healthy"],
-                "draining": b["draining"],
-                "ejected": b["ejected"],
-                "inFlight": b["inFlight"],
-                "queueDepth": b["queueDepth"],
-                "requests": b["stats"]["requests"],
-                "errors": b["stats"]["errors"],
-                "window": _render_window(b["window"], snap.get("windowSeconds", seconds)),
-                "oldestRunningSeconds": b["oldestRunningSeconds"],
-                "kvUsage": b["kvUsage"],
-                "gpu": b["gpu"],
-            }
+        revisions[rev] = RevisionStats(
+            requests=r["stats"]["requests"],
+            errors=r["stats"]["errors"],
+            window=_render_window(r["window"], seconds),
+        )
+    demand = snap.get("demand") or {}
+    return DebugBackends(
+        generation=snap["generation"],
+        model=snap["model"],
+        backends=[
+            BackendStats(
+                name=b["name"],
+                url=b["url"],
+                revision=b["revision"],
+                healthy=b["healthy"],
+                draining=b["draining"],
+                ejected=b["ejected"],
+                in_flight=b["inFlight"],
+                queue_depth=b["queueDepth"],
+                requests=b["stats"]["requests"],
+                errors=b["stats"]["errors"],
+                window=_render_window(b["window"], snap.get("windowSeconds", seconds)),
+                oldest_running_seconds=b["oldestRunningSeconds"],
+                kv_usage=b["kvUsage"],
+                gpu=None if b["gpu"] is None else GpuReport.model_validate(b["gpu"]),
+            )
             for b in snap["backends"]
         ],
-        "revisions": revisions,
-        "queue": dict(snap["queue"]),
-        "demand": dict(snap.get("demand") or {}),
-    }
+        revisions=revisions,
+        queue=QueueStats(length=snap["queue"]["length"], capacity=snap["queue"]["capacity"]),
+        demand=Demand(
+            arrivals=demand.get("arrivals", 0), idle_seconds=demand.get("idleSeconds")
+        ),
+    )

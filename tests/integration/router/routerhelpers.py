@@ -98,7 +98,7 @@ class RouterUnderTest:
     def debug(self) -> dict[str, Any]:
         from kubeinfer.router.stats import render_debug
 
-        return render_debug(self.router.snapshot())
+        return render_debug(self.router.snapshot()).model_dump(mode="json", by_alias=True)
 
     def access_lines(self) -> list[dict[str, Any]]:
         self.router.access.flush()

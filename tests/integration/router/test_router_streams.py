@@ -16,6 +16,7 @@ import pytest
 from kubeinfer.localcluster.ports import free_port
 from kubeinfer.operator.analysis import judge_canary, parse_router_stats
 from kubeinfer.operator.api import AnalysisSpec
+from kubeinfer.operator.api.debugbackends import DebugBackends
 from kubeinfer.router.pool import EjectionPolicy
 from routerhelpers import HOST, RouterUnderTest, make_table
 
@@ -109,7 +110,7 @@ async def test_a_canary_whose_streams_break_fails_the_analysis(
     for _ in range(20):
         await stream(session, r.url)
     async with session.get(r.url + "/debug/backends") as resp:
-        stats = parse_router_stats([await resp.json()])
+        stats = parse_router_stats([DebugBackends.model_validate_json(await resp.read())])
     verdict = judge_canary(
         analysis=AnalysisSpec(min_requests=5, max_error_rate=0.05),
         canary=stats.revision("canary"), canary_baseline=(0, 0),

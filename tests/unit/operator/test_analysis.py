@@ -5,12 +5,14 @@ from typing import Any
 import pytest
 from kubeinfer.operator.analysis import RevisionCounters, judge_canary, parse_router_stats
 from kubeinfer.operator.api import AnalysisSpec
+from kubeinfer.operator.api.debugbackends import DebugBackends
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.operator.api.status import RolloutPhase
 from kubeinfer.operator.rollout import TRANSITIONS, Trigger, canary_pods
 from kubeinfer.router.outcome import stream_outcome
 from kubeinfer.router.pool import Pool
 from kubeinfer.router.stats import render_debug
+from pydantic import ValidationError
 
 SPEC = AnalysisSpec(min_requests=20, max_error_rate=0.02, max_latency_ratio=1.5, max_ttft_ratio=2)
 STABLE = RevisionCounters(1000, 1, 100.0, 40.0)
@@ -149,24 +151,49 @@ def test_a_canary_whose_streams_break_is_rolled_back(ending: dict[str, Any], pas
     assert verdict.canary.errors == (0 if passed else 20)
 
 
+def router_document(attempts: dict[str, list[tuple[bool, float]]], in_flight: dict[str, int]):  # type: ignore[no-untyped-def]
+    """One router's /debug/backends, as the router renders it: ``attempts``
+    per backend (failed, latency s) on revision "a", the backends' in-flight."""
+    pool = Pool()
+    pool.apply(
+        RoutingTable.model_validate(
+            {
+                "service": "svc",
+                "model": "m",
+                "backends": [
+                    {"name": n, "url": f"http://127.0.0.1:{9000 + i}", "revision": "a"}
+                    for i, n in enumerate(sorted(attempts))
+                ],
+            }
+        )
+    )
+    now = 1000.0
+    for name, tries in attempts.items():
+        backend = pool.backends[name]
+        backend.in_flight = in_flight.get(name, 0)
+        for failed, latency in tries:
+            pool.record_attempt(backend, "500" if failed else "200", failed, latency, 0.005, now)
+    return render_debug(pool.snapshot(now, started=now - 60))
+
+
 def test_stats_of_several_routers_add_up() -> None:
-    doc = {
-        "revisions": {
-            "a": {"requests": 10, "errors": 1, "window": {"p99LatencyMs": 30.0, "p99TtftMs": 5.0}}
-        },
-        "backends": [{"name": "pod-1", "inFlight": 2}],
-    }
-    other = {
-        "revisions": {
-            "a": {"requests": 5, "errors": 0, "window": {"p99LatencyMs": 50.0, "p99TtftMs": None}}
-        },
-        "backends": [{"name": "pod-1", "inFlight": 1}, {"name": "pod-2", "inFlight": 0}],
-    }
-    stats = parse_router_stats([doc, other])
+    one = router_document({"pod-1": [(False, 0.03)] * 9 + [(True, 0.03)]}, {"pod-1": 2})
+    two = router_document({"pod-1": [(False, 0.05)] * 5, "pod-2": []}, {"pod-1": 1, "pod-2": 0})
+    stats = parse_router_stats([one, two])
     assert stats.routers == 2
-    assert stats.revision("a") == RevisionCounters(15, 1, 50.0, 5.0)
+    merged = stats.revision("a")
+    assert (merged.requests, merged.errors) == (15, 1)
+    # The worse router's p99 wins (log buckets: within 5 %).
+    assert merged.p99_latency_ms == pytest.approx(50.0, rel=0.05)
     assert stats.in_flight == {"pod-1": 3, "pod-2": 0}
     assert stats.revision("missing") == RevisionCounters()
+
+
+def test_a_router_of_another_version_is_refused_not_guessed() -> None:
+    doc = router_document({"pod-1": [(False, 0.03)]}, {}).model_dump(mode="json", by_alias=True)
+    assert DebugBackends.model_validate(doc).version == 1
+    with pytest.raises(ValidationError, match="version"):
+        DebugBackends.model_validate({**doc, "version": 2})
 
 
 @pytest.mark.parametrize(

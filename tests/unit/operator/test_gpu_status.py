@@ -3,6 +3,7 @@ real planner (scenarios on the SimWorld stand-in for the cluster)."""
 
 import dataclasses
 
+from debugdoc import document
 from kubeinfer.operator.analysis import GpuFacts, parse_router_stats
 from sim_world import SimWorld, base_spec
 
@@ -82,23 +83,20 @@ def test_cpu_workers_have_no_gpu_columns() -> None:
 
 
 def test_router_documents_carry_the_gpu_report() -> None:
-    doc = {
-        "revisions": {},
-        "backends": [
-            {
-                "name": "p0",
-                "inFlight": 1,
-                "gpu": {
-                    "uuid": "GPU-9",
-                    "memoryTotalBytes": 4 * 2**30,
-                    "memoryUsedBytes": 2**30,
-                    "healthy": False,
-                    "fault": "GPU lost",
-                },
+    doc = document(
+        {
+            "name": "p0",
+            "inFlight": 1,
+            "gpu": {
+                "uuid": "GPU-9",
+                "memoryTotalBytes": 4 * 2**30,
+                "memoryUsedBytes": 2**30,
+                "healthy": False,
+                "fault": "GPU lost",
             },
-            {"name": "p1", "inFlight": 0, "gpu": None},
-        ],
-    }
+        },
+        {"name": "p1", "inFlight": 0, "gpu": None},
+    )
     stats = parse_router_stats([doc])
     assert stats.gpus["p0"] == GpuFacts("GPU-9", None, 4096, 1024, False, "GPU lost")
     assert "p1" not in stats.gpus

@@ -4,6 +4,7 @@ given as plain objects, plus the inventory and `top`'s merge of routers."""
 from typing import Any
 
 import pytest
+from debugdoc import document
 from kubeinfer.operator.api.resource import ObjectMeta
 from kubeinfer.operator.builders.common import Images
 from kubeinfer.operator.builders.revision import compute_revision, revision_template
@@ -147,31 +148,29 @@ def test_inventory_keeps_nodes_without_feature_discovery_labels() -> None:
 
 def test_top_adds_routers_up_and_takes_the_worst_percentiles() -> None:
     def doc(in_flight: int, requests: int, p99: float, oldest: float | None) -> dict:
-        return {
-            "backends": [
-                {
-                    "name": "w0",
-                    "revision": "r1",
-                    "healthy": True,
-                    "ejected": False,
-                    "inFlight": in_flight,
-                    "queueDepth": 1,
-                    "oldestRunningSeconds": oldest,
-                    "window": {
-                        "seconds": 10.0,
-                        "requests": requests,
-                        "p50LatencyMs": 5.0,
-                        "p99LatencyMs": p99,
-                        "p50TtftMs": 1.0,
-                    },
-                    "gpu": {
-                        "utilizationPercent": 40,
-                        "memoryUsedBytes": 2**30,
-                        "memoryTotalBytes": 4 * 2**30,
-                    },
-                }
-            ]
-        }
+        return document(
+            {
+                "name": "w0",
+                "revision": "r1",
+                "healthy": True,
+                "ejected": False,
+                "inFlight": in_flight,
+                "queueDepth": 1,
+                "oldestRunningSeconds": oldest,
+                "window": {
+                    "seconds": 10.0,
+                    "requests": requests,
+                    "p50LatencyMs": 5.0,
+                    "p99LatencyMs": p99,
+                    "p50TtftMs": 1.0,
+                },
+                "gpu": {
+                    "utilizationPercent": 40,
+                    "memoryUsedBytes": 2**30,
+                    "memoryTotalBytes": 4 * 2**30,
+                },
+            }
+        )
 
     (row,) = merge_routers("svc", [doc(2, 30, 80.0, 1.5), doc(1, 20, 120.0, None)], {"r1": 90})
     assert (row.in_flight, row.requests, row.p99_ms, row.oldest_s) == (3, 50, 120.0, 1.5)
@@ -181,17 +180,15 @@ def test_top_adds_routers_up_and_takes_the_worst_percentiles() -> None:
 
 def test_the_live_view_rates_requests_between_refreshes() -> None:
     def rows(total: int) -> list:
-        doc = {
-            "backends": [
-                {
-                    "name": "w0",
-                    "revision": "r1",
-                    "healthy": True,
-                    "requests": total,
-                    "window": {"seconds": 60.0, "requests": 60},
-                }
-            ]
-        }
+        doc = document(
+            {
+                "name": "w0",
+                "revision": "r1",
+                "healthy": True,
+                "requests": total,
+                "window": {"seconds": 60.0, "requests": 60},
+            }
+        )
         return merge_routers("svc", [doc], {})
 
     first = rows(100)
@@ -219,30 +216,28 @@ def test_gpus_table_names_a_node_without_feature_discovery_labels() -> None:
 def test_top_table_shows_weight_gpu_and_age() -> None:
     from kubeinfer.operator.topcli import render_top
 
-    doc = {
-        "backends": [
-            {
-                "name": "w0",
-                "revision": "r1",
-                "healthy": True,
-                "inFlight": 3,
-                "queueDepth": 2,
-                "oldestRunningSeconds": 12.34,
-                "window": {
-                    "seconds": 10.0,
-                    "requests": 25,
-                    "p50LatencyMs": 812.0,
-                    "p99LatencyMs": 2100.0,
-                    "p50TtftMs": 4.25,
-                },
-                "gpu": {
-                    "utilizationPercent": 87,
-                    "memoryUsedBytes": 72 * 2**30,
-                    "memoryTotalBytes": 80 * 2**30,
-                },
-            }
-        ]
-    }
+    doc = document(
+        {
+            "name": "w0",
+            "revision": "r1",
+            "healthy": True,
+            "inFlight": 3,
+            "queueDepth": 2,
+            "oldestRunningSeconds": 12.34,
+            "window": {
+                "seconds": 10.0,
+                "requests": 25,
+                "p50LatencyMs": 812.0,
+                "p99LatencyMs": 2100.0,
+                "p50TtftMs": 4.25,
+            },
+            "gpu": {
+                "utilizationPercent": 87,
+                "memoryUsedBytes": 72 * 2**30,
+                "memoryTotalBytes": 80 * 2**30,
+            },
+        }
+    )
     (line,) = render_top(merge_routers("svc", [doc], {"r1": 25})).splitlines()[1:]
     assert line.split() == [
         "svc",

@@ -100,7 +100,7 @@ def test_merge_adds_counters_and_histograms_of_processes() -> None:
     two = _pool_snapshot(30, 3, 0.100)
     two["backends"][0]["healthy"] = False
     merged = merge_snapshots([one, two])
-    doc = render_debug(merged)
+    doc = render_debug(merged).model_dump(mode="json", by_alias=True)
     assert doc["backends"][0]["requests"] == 40
     assert doc["backends"][0]["errors"] == 4
     assert doc["backends"][0]["healthy"] is False  # unhealthy in any process
@@ -118,13 +118,14 @@ def test_per_backend_window_running_and_gpu_merge_over_processes() -> None:
     one["backends"][0]["oldestRunningSeconds"] = 2.5
     two["backends"][0]["oldestRunningSeconds"] = 7.0
     two["backends"][0]["gpu"] = {"uuid": "GPU-1", "memoryUsedBytes": 5}
-    doc = render_debug(merge_snapshots([one, two]))
+    doc = render_debug(merge_snapshots([one, two])).model_dump(mode="json", by_alias=True)
     backend = doc["backends"][0]
     assert backend["window"]["requests"] == 40
     assert backend["window"]["p50LatencyMs"] == pytest.approx(100.0, rel=0.05)
     assert backend["window"]["p50TtftMs"] == pytest.approx(50.0, rel=0.05)
     assert backend["oldestRunningSeconds"] == 7.0  # the oldest of all processes
-    assert backend["gpu"] == {"uuid": "GPU-1", "memoryUsedBytes": 5}
+    assert backend["gpu"]["uuid"] == "GPU-1"
+    assert backend["gpu"]["memoryUsedBytes"] == 5
 
 
 def test_oldest_running_attempt_is_measured_from_its_start() -> None:
@@ -146,8 +147,11 @@ def test_oldest_running_attempt_is_measured_from_its_start() -> None:
 
 
 def test_debug_document_has_the_agreed_shape() -> None:
-    doc = render_debug(_pool_snapshot(5, 0, 0.020))
-    assert set(doc) == {"generation", "model", "backends", "revisions", "queue", "demand"}
+    doc = render_debug(_pool_snapshot(5, 0, 0.020)).model_dump(mode="json", by_alias=True)
+    assert set(doc) == {
+        "version", "generation", "model", "backends", "revisions", "queue", "demand"
+    }  # fmt: skip
+    assert doc["version"] == 1
     assert doc["generation"] == 4
     assert doc["model"] == "m"
     assert set(doc["backends"][0]) == {
@@ -188,7 +192,7 @@ def test_merge_sums_arrivals_and_keeps_the_shortest_idle_time() -> None:
     two = _pool_snapshot(30, 3, 0.100)
     one["demand"] = {"arrivals": 7, "idleSeconds": 40.0}
     two["demand"] = {"arrivals": 5, "idleSeconds": 2.5}
-    doc = render_debug(merge_snapshots([one, two]))
+    doc = render_debug(merge_snapshots([one, two])).model_dump(mode="json", by_alias=True)
     # a request seen by any process 2.5 s ago makes the pod busy
     assert doc["demand"] == {"arrivals": 12, "idleSeconds": 2.5}
 
