@@ -14,12 +14,12 @@ from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.status import InferenceServiceStatus
 from kubeinfer.operator.placement import is_kubeinfer_worker, node_states
 
-LABEL_PRODUCT = "nvidia.com/gpu.product"
-LABEL_MEMORY = "nvidia.com/gpu.memory"
-LABEL_COUNT = "nvidia.com/gpu.count"
-LABEL_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
-LABEL_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
-GFD_PREFIX = "nvidia.com/gpu"
+LABEL_PRODUCT = c.LABEL_GPU_PRODUCT
+LABEL_MEMORY = c.LABEL_GPU_MEMORY
+LABEL_COUNT = c.LABEL_GPU_COUNT
+LABEL_COMPUTE_MAJOR = c.LABEL_GPU_COMPUTE_MAJOR
+LABEL_COMPUTE_MINOR = c.LABEL_GPU_COMPUTE_MINOR
+GFD_PREFIX = c.GFD_LABEL_PREFIX
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,12 @@ def _int(value: str | None) -> int | None:
 def _gpu_resource(labels: dict[str, str], allocatable: dict[str, Any]) -> str | None:
     """The node's GPU resource: nvidia.com/gpu, else any nvidia.com/ one
     (a MIG profile), else None."""
-    if "nvidia.com/gpu" in allocatable:
-        return "nvidia.com/gpu"
+    if c.GPU_RESOURCE in allocatable:
+        return c.GPU_RESOURCE
     for name in sorted(allocatable):
         if name.startswith("nvidia.com/"):
             return name
-    return "nvidia.com/gpu" if any(k.startswith(GFD_PREFIX) for k in labels) else None
+    return c.GPU_RESOURCE if any(k.startswith(GFD_PREFIX) for k in labels) else None
 
 
 def _rows_by_pod(isvcs: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], Any], list[Any]]:

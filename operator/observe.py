@@ -156,7 +156,7 @@ def observe_node(body: dict[str, Any]) -> NodeInfo:
     return NodeInfo(
         name=meta.get("name", ""),
         ready=ready,
-        gpu_product=labels.get("nvidia.com/gpu.product"),
-        gpu_memory_mib=_int_or_none(labels.get("nvidia.com/gpu.memory")),
+        gpu_product=labels.get(c.LABEL_GPU_PRODUCT),
+        gpu_memory_mib=_int_or_none(labels.get(c.LABEL_GPU_MEMORY)),
         unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
     )

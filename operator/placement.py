@@ -280,7 +280,7 @@ def gpu_resource(pod: dict[str, Any]) -> str | None:
     return next((name for name in _requests(pod) if "/" in name), None)
 
 
-def free_gpus(nodes: dict[str, NodeState], resource: str = "nvidia.com/gpu") -> int:
+def free_gpus(nodes: dict[str, NodeState], resource: str = c.GPU_RESOURCE) -> int:
     """Unallocated GPUs on nodes that are ready and not cordoned."""
     return sum(
         int(max(0.0, n.free(resource))) for n in nodes.values() if n.ready and not n.unschedulable

@@ -11,6 +11,7 @@ the worker's own pre-check reports the real shortfall.
 import re
 from dataclasses import dataclass
 
+from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.spec import Dtype, InferenceServiceSpec, ModelSpec
 
 GIB = 1024**3
@@ -19,8 +20,8 @@ OVERHEAD_FACTOR = 1.2
 CUDA_CONTEXT_GIB = 1.0
 # "Llama-3.1-8B-Instruct", "qwen2.5-0.5b", "Mixtral-8x7B" (the last is 8 x 7).
 _SIZE_IN_NAME = re.compile(r"(?:(\d+)x)?(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
-LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
-LABEL_GPU_MEMORY = "nvidia.com/gpu.memory"
+LABEL_GPU_PRODUCT = c.LABEL_GPU_PRODUCT
+LABEL_GPU_MEMORY = c.LABEL_GPU_MEMORY
 
 
 @dataclass(frozen=True)

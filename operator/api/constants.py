@@ -28,6 +28,19 @@ COMPONENT_WORKER: Final = "worker"
 COMPONENT_ROUTER: Final = "router"
 MANAGED_BY: Final = "kubeinfer-operator"
 
+# NVIDIA's device plugin: the extended resource and the taint GPU nodes
+# commonly carry. GPU Feature Discovery's node labels, read for placement,
+# the VRAM check and the inventory (and written by the local cluster).
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_TAINT_KEY: Final = "nvidia.com/gpu"
+GFD_LABEL_PREFIX: Final = "nvidia.com/gpu"
+LABEL_GPU_PRODUCT: Final = "nvidia.com/gpu.product"
+LABEL_GPU_MEMORY: Final = "nvidia.com/gpu.memory"  # MiB
+LABEL_GPU_COUNT: Final = "nvidia.com/gpu.count"
+LABEL_GPU_PRESENT: Final = "nvidia.com/gpu.present"
+LABEL_GPU_COMPUTE_MAJOR: Final = "nvidia.com/gpu.compute.major"
+LABEL_GPU_COMPUTE_MINOR: Final = "nvidia.com/gpu.compute.minor"
+
 # Manual rollout control (see docs/rollouts.md).
 ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
 # On worker pods: how many failed pods of this replica came before it (the

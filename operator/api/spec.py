@@ -10,7 +10,7 @@ operator and the API server reject the same objects with the same message.
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from kubeinfer.operator.api import engineflags
+from kubeinfer.operator.api import constants, engineflags
 from kubeinfer.operator.api.base import ApiModel
 from pydantic import Field, model_validator
 
@@ -340,7 +340,7 @@ class GPUSpec(ApiModel):
                 "ignored when count is 0."
             ),
         ),
-    ] = "nvidia.com/gpu"
+    ] = constants.GPU_RESOURCE
     product: Annotated[
         str | None,
         Field(

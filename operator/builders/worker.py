@@ -31,7 +31,6 @@ MODEL_MOUNT = "/mnt/models"
 # Writable places for a read-only root filesystem: vLLM and the HF hub
 # write caches, torch compiles kernels, NCCL wants shared memory.
 CACHE_MOUNT = "/home/kubeinfer/.cache"
-GPU_TAINT_KEY = "nvidia.com/gpu"
 # Startup budget: fixed overhead plus time per GiB of weights, so a 70B
 # model is not killed while it is still loading (vLLM listens only when
 # the model is loaded).
@@ -160,7 +159,7 @@ def _affinity(
     if spec.gpu.min_memory_mi_b is not None:
         required.append(
             {
-                "key": "nvidia.com/gpu.memory",
+                "key": c.LABEL_GPU_MEMORY,
                 "operator": "Gt",
                 "values": [str(spec.gpu.min_memory_mi_b - 1)],
             }
@@ -192,7 +191,7 @@ def _affinity(
                 "weight": weight,
                 "preference": {
                     "matchExpressions": [
-                        {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": [str(mib)]}
+                        {"key": c.LABEL_GPU_MEMORY, "operator": "Gt", "values": [str(mib)]}
                     ]
                 },
             }
@@ -247,7 +246,7 @@ def _tolerations(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     # not: the taint is there to keep pods that need no GPU off GPU nodes.
     tolerations = []
     if not spec.gpu.cpu_only:
-        tolerations.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append({"key": c.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
     tolerations += [t.to_dict() for t in spec.gpu.tolerations]
     return tolerations
 

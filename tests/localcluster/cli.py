@@ -18,6 +18,7 @@ from kubeinfer.localcluster.paths import default_cluster_dir
 from kubeinfer.localcluster.realvllm import env as realvllm
 from kubeinfer.localcluster.runtime.records import pod_dir
 from kubeinfer.localcluster.state import ClusterState
+from kubeinfer.operator.api import constants as c
 
 
 def _progress(message: str) -> None:
@@ -126,7 +127,7 @@ def _status(args: argparse.Namespace, root: Path) -> int:
         alive = "up" if os.path.exists(f"/proc/{component.pid}") else "DOWN"
         print(f"  {component.name:<24} pid {component.pid:<8} {alive:<5} log {component.log}")
     if running:
-        labels = "nvidia.com/gpu.product,nvidia.com/gpu.count"
+        labels = f"{c.LABEL_GPU_PRODUCT},{c.LABEL_GPU_COUNT}"
         command = [state.kubectl, "--kubeconfig", state.kubeconfig, "get", "nodes", "-L", labels]
         subprocess.run(command, check=False)
     return 0 if running else 1

@@ -228,7 +228,7 @@ def run(keep: bool, plot: Path = PLOT) -> int:
     state = controlplane.up(root, progress=lambda m: say(m))
     try:
         kube = admin_client(root)
-        show(kube, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count")
+        show(kube, "get", "nodes", "-L", f"{c.LABEL_GPU_PRODUCT},{c.LABEL_GPU_COUNT}")
         install_operator(kube, state, tools["helm"])
         say("kubectl apply -f examples/simulated.yaml")
         kube.kubectl("create", "namespace", NAMESPACE)

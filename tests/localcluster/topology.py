@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubeinfer.operator.api import constants as c
 from pydantic import BaseModel, ConfigDict, Field
 
-GPU_RESOURCE = "nvidia.com/gpu"
-LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
-LABEL_GPU_MEMORY = "nvidia.com/gpu.memory"
-LABEL_GPU_COUNT = "nvidia.com/gpu.count"
-LABEL_GPU_PRESENT = "nvidia.com/gpu.present"
-LABEL_GPU_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
-LABEL_GPU_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
+GPU_RESOURCE = c.GPU_RESOURCE
+LABEL_GPU_PRODUCT = c.LABEL_GPU_PRODUCT
+LABEL_GPU_MEMORY = c.LABEL_GPU_MEMORY
+LABEL_GPU_COUNT = c.LABEL_GPU_COUNT
+LABEL_GPU_PRESENT = c.LABEL_GPU_PRESENT
+LABEL_GPU_COMPUTE_MAJOR = c.LABEL_GPU_COMPUTE_MAJOR
+LABEL_GPU_COMPUTE_MINOR = c.LABEL_GPU_COMPUTE_MINOR
 # KWOK manages nodes carrying this annotation (and only those).
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_ANNOTATION_VALUE = "fake"
@@ -78,9 +79,7 @@ DEFAULT_TOPOLOGY = Topology(
         NodeGroup(
             name="gpu-h100",
             count=2,
-            gpu=GpuSpec(
-                product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559, compute="9.0"
-            ),
+            gpu=GpuSpec(product="NVIDIA-H100-80GB-HBM3", count=4, memory_mib=81559, compute="9.0"),
         ),
         NodeGroup(
             name="gpu-a400",
