@@ -155,19 +155,11 @@ def _drained(pod: PodInfo, obs: Observed, drain_seconds: int) -> bool:
     return obs.stats.in_flight.get(pod.name, 0) == 0
 
 
-def _plan_pods(
-    isvc: InferenceService,
-    plan: Plan,
-    obs: Observed,
-    failed: dict[str, str],
-    target_revision: str,
+def _replace_failed(
+    plan: Plan, obs: Observed, failed: dict[str, str], live: list[PodInfo], desired: dict[str, int]
 ) -> None:
-    spec, status = isvc.spec, plan.status
-    desired = desired_counts(spec, status)
-    n, surge = spec.replicas, spec.rollout.max_surge
-    live = [p for p in obs.pods if not p.deleting]
-    # 1. Failed pods leave at once (they are not in the routing table) and
-    #    are replaced when their backoff allows it.
+    """Failed pods leave at once (they are not in the routing table) and are
+    replaced when their backoff allows it."""
     for pod in (p for p in live if p.name in failed):
         reason = failed[pod.name]
         if obs.now < replace_at(pod):
@@ -189,20 +181,26 @@ def _plan_pods(
             plan.events.append(Event("Warning", "ReplacingPod", f"{pod.name}: {reason}"))
         else:
             plan.events.append(Event("Warning", "DeletingFailedPod", f"{pod.name}: {reason}"))
-    # 2. Draining pods are deleted once drained.
+
+
+def _delete_drained(
+    plan: Plan, obs: Observed, failed: dict[str, str], live: list[PodInfo], drain_seconds: int
+) -> None:
+    """Draining pods are deleted once drained."""
     for pod in live:
         if pod.draining_since is None or pod.name in failed:
             continue
-        if _drained(pod, obs, spec.worker.drain_seconds):
+        if _drained(pod, obs, drain_seconds):
             plan.delete.append(PodToDelete(pod.name, "drained"))
         else:
             plan.busy()
-    # 3. Too many pods of a revision: not-ready ones go at once; ready ones
-    #    drain, and a serving one only while capacity stays >= replicas
-    #    (>= replicas - 1 with maxSurge 0: replace in place, one at a time).
-    active = [p for p in live if p.draining_since is None and p.name not in failed]
+
+
+def _trim_excess(plan: Plan, active: list[PodInfo], desired: dict[str, int], floor: int) -> None:
+    """Too many pods of a revision: not-ready ones go at once; ready ones
+    drain, and a serving one only while serving capacity stays >= ``floor``
+    (replicas; replicas - 1 with maxSurge 0: replace in place, one at a time)."""
     serving = sum(1 for p in active if p.ready and plan.weights.get(p.revision or "", 0) > 0)
-    floor = n - (1 if surge == 0 else 0)
     for rev in sorted({p.revision or "" for p in active}):
         pods = [p for p in active if (p.revision or "") == rev]
         excess = len(pods) - desired.get(rev, 0)
@@ -214,11 +212,21 @@ def _plan_pods(
                 plan.drain.append(pod.name)
                 serving -= int(counts_as_serving)
             plan.busy()
-    # 4. Missing pods, target revision first, within the GPU budget.
+
+
+def _add_missing(
+    plan: Plan,
+    obs: Observed,
+    live: list[PodInfo],
+    desired: dict[str, int],
+    target_revision: str,
+    budget: int,
+) -> None:
+    """Missing pods, target revision first, within the GPU budget
+    (replicas + maxSurge pods at once, counting those still leaving)."""
     leaving = {d.name for d in plan.delete}
     staying = [p for p in live if p.name not in leaving]
     holding = len(staying) + len(plan.create)
-    budget = n + surge
     for rev in sorted(desired, key=lambda rev: rev != target_revision):
         taken = {
             p.replica or 0
@@ -238,6 +246,25 @@ def _plan_pods(
             missing -= 1
         if missing > 0:
             plan.busy()
+
+
+def _plan_pods(
+    isvc: InferenceService,
+    plan: Plan,
+    obs: Observed,
+    failed: dict[str, str],
+    target_revision: str,
+) -> None:
+    """The pod changes of this pass, in four steps (each one function)."""
+    spec = isvc.spec
+    desired = desired_counts(spec, plan.status)
+    n, surge = spec.replicas, spec.rollout.max_surge
+    live = [p for p in obs.pods if not p.deleting]
+    _replace_failed(plan, obs, failed, live, desired)
+    _delete_drained(plan, obs, failed, live, spec.worker.drain_seconds)
+    active = [p for p in live if p.draining_since is None and p.name not in failed]
+    _trim_excess(plan, active, desired, floor=n - (1 if surge == 0 else 0))
+    _add_missing(plan, obs, live, desired, target_revision, budget=n + surge)
 
 
 def _gpu_health(
