@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 # Two distributions: the product (kubeinfer) and the local cluster with the
 # test support (kubeinfer-localcluster, tests/localcluster/pyproject.toml).
 LINKTREE = $(subst $(eval) ,:,$(wildcard build/__editable__.kubeinfer-* tests/localcluster/build/__editable__.kubeinfer_localcluster-*))
-PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' 2>/dev/null)
+PY_SOURCES := $(shell find operator router worker-image tests/localcluster -name '*.py' -not -path '*/build/*' 2>/dev/null)
 
 .PHONY: test demo lint typecheck unit pytest crds install clean cluster-build vllm-build prereqs prometheus
 

@@ -1,5 +1,7 @@
+# The fixtures live in tests/plugins/ (test code), on top of the local
+# cluster's distribution (kubeinfer.localcluster), which has no pytest in it.
 pytest_plugins = [
-    "kubeinfer.localcluster.pytest_plugin",
-    "kubeinfer.localcluster.operator_fixtures",
-    "kubeinfer.localcluster.realvllm.fixtures",
+    "plugins.cluster",
+    "plugins.operator",
+    "plugins.vllm",
 ]

@@ -35,7 +35,7 @@ from kubeinfer.localcluster import controlplane
 from kubeinfer.localcluster.build import ensure_all
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.failures import admin_client
-from kubeinfer.localcluster.operator_fixtures import OperatorProcess
+from kubeinfer.localcluster.operatorproc import OperatorProcess
 from kubeinfer.localcluster.waiting import wait_for
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.crdgen import build_crd

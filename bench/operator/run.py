@@ -48,13 +48,13 @@ from typing import Any
 from apiclient import Api
 from cluster import (
     GPUS_PER_NODE,
-    OperatorProcess,
     create_namespace,
     install_operator_identity,
     start_cluster,
 )
 from kubeinfer.localcluster import controlplane
 from kubeinfer.localcluster.failures import admin_client
+from kubeinfer.localcluster.operatorproc import OperatorProcess
 from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.state import ClusterState
 from procstat import Sampler

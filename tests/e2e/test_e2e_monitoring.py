@@ -36,7 +36,7 @@ import pytest
 from kubeinfer.localcluster.build import HELM, BuildError, ensure_target
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.failures import kill_pod
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     get_isvc,

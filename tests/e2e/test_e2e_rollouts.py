@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.failures import kill_pod
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     get_isvc,

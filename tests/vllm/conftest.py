@@ -1,6 +1,6 @@
 """vLLM servers for tests against real vLLM (its CPU build) with the tiny model.
 
-`vllm_env` and `tiny_model` come from kubeinfer.localcluster.realvllm.fixtures.
+`vllm_env` and `tiny_model` come from tests/plugins/vllm.py.
 """
 
 import json

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 from kubeinfer.localcluster.client import KubeClient
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     get_isvc,

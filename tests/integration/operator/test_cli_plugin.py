@@ -29,7 +29,7 @@ import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     get_isvc,

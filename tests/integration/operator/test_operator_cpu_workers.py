@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kubeinfer.localcluster.client import KubeClient
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     get_isvc,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.failures import kill_pod, set_node_down
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     get_isvc,

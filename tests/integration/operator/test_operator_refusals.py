@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from kubeinfer.localcluster.client import KubeClient, KubeError
-from kubeinfer.localcluster.operator_fixtures import (
+from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
     apply_isvc,
     condition,

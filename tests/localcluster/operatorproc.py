@@ -1,12 +1,14 @@
-"""pytest fixtures that run the operator on the local cluster, as in production.
+"""The operator on the local cluster, as in production; for tests, bench and the demo.
 
-- `operator_identity` (session): the CRD, plus a ServiceAccount bound to
+- `install_operator_identity`: the CRD, plus a ServiceAccount bound to
   exactly the ClusterRole from kubeinfer.operator.rbac, and a kubeconfig
   with a real token of that ServiceAccount: RBAC is enforced as in a
-  cluster, so a missing permission fails the tests.
-- `running_operator` (session): `kubeinfer-operator` as a real process with
-  that identity; tests may kill and restart it (`.restart()`).
+  cluster, so a missing permission fails.
+- `OperatorProcess`: `kubeinfer-operator` as a real process with that
+  identity (optionally pinned to a CPU); it can be killed and restarted.
 - helpers to apply, read and wait on InferenceServices and to find router pods.
+
+No pytest here: the fixtures built on it are in tests/plugins/.
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from kubeinfer.localcluster.ports import free_port
+from kubeinfer.localcluster.procs import spawn, stop_group
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.waiting import GiveUpError, wait_for
 from kubeinfer.operator.api import constants as c
@@ -45,36 +46,33 @@ def isvc_path(namespace: str, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
-def _apply(kube: KubeClient, obj: dict[str, Any]) -> None:
+def apply_object(kube: KubeClient, obj: Mapping[str, Any]) -> None:
+    """Server-side apply, as an admin."""
     kube.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(obj)
+        "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(dict(obj))
     )
 
 
-@pytest.fixture(scope="session")
-def operator_identity(
-    local_cluster: ClusterState, kube: KubeClient, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A kubeconfig for the operator's ServiceAccount (least-privilege RBAC)."""
-    _apply(kube, build_crd())
+def install_operator_identity(kube: KubeClient, state: ClusterState, out: Path) -> Path:
+    """The CRD and the operator's least-privilege identity; returns a
+    kubeconfig (written to ``out``) with a token of its ServiceAccount."""
+    apply_object(kube, build_crd())
     wait_for(
         lambda: kube.exists(f"/apis/{c.API_VERSION}/{c.PLURAL}"),
         30,
         what="the InferenceService CRD to be served",
     )
-    _apply(
-        kube, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
-    )
-    _apply(
-        kube,
+    for obj in (
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": {"name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE},
         },
-    )
-    _apply(kube, operator_cluster_role())
-    _apply(kube, operator_cluster_role_binding(OPERATOR_NAMESPACE))
+        operator_cluster_role(),
+        operator_cluster_role_binding(OPERATOR_NAMESPACE),
+    ):
+        apply_object(kube, obj)
     token = kube.create(
         f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{OPERATOR_NAME}/token",
         {
@@ -83,41 +81,54 @@ def operator_identity(
             "spec": {"expirationSeconds": 86400},
         },
     )["status"]["token"]
-    root = Path(local_cluster.root)
     config = build_kubeconfig(
-        local_cluster.server, root / "pki" / "ca.crt", user=OPERATOR_NAME, token=token
+        state.server, Path(state.root) / "pki" / "ca.crt", user=OPERATOR_NAME, token=token
     )
-    return write_kubeconfig(tmp_path_factory.mktemp("operator") / "kubeconfig", config)
+    return write_kubeconfig(out, config)
 
 
 @dataclass
 class OperatorProcess:
+    """`kubeinfer-operator` as a real process (pinned to ``cpu`` if given)."""
+
     kubeconfig: Path
     log: Path
-    process: subprocess.Popen[bytes] | None = None
-    health_port: int = 0
+    resync_seconds: float | None = 2.0
+    cpu: str | None = None
+    health_port: int = 0  # 0: a free port at each start
+    metrics_port: int = 0
+    process: Any = None  # subprocess.Popen[bytes] once started
+    # How much log there was when the stop began: kopf's warnings about
+    # cancelled daemons on shutdown are not what log_counts is about.
+    log_size_at_stop: int | None = None
 
-    def start(self) -> None:
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return int(self.process.pid)
+
+    def start(self, timeout: float = 60) -> None:
         binary = shutil.which("kubeinfer-operator", path=str(Path(sys.executable).parent))
-        assert binary, "kubeinfer-operator is not installed in this virtualenv"
+        if binary is None:
+            raise RuntimeError("kubeinfer-operator is not installed in this virtualenv")
+        health = self.health_port or free_port()
+        metrics = self.metrics_port or free_port()
+        self.health_port, self.metrics_port = health, metrics
+        argv = [binary, "--health-port", str(health), "--metrics-port", str(metrics)]
+        if self.resync_seconds is not None:
+            argv += ["--resync-seconds", str(self.resync_seconds)]
+        if self.cpu is not None and shutil.which("taskset"):
+            # taskset execs the operator: the pid stays the operator's.
+            argv = ["taskset", "-c", self.cpu, *argv]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), c.ENV_BIND_HOST: "127.0.0.1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.health_port = free_port()
-        ports = ["--health-port", str(self.health_port), "--metrics-port", str(free_port())]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "--resync-seconds", "2", *ports],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(self._healthy, 60, interval=0.2, what="the operator's /healthz")
+        self.process = spawn(argv, log_path=self.log, env=env, tie_to_parent=True)
+        wait_for(self._healthy, timeout, interval=0.1, what="the operator's /healthz")
 
     def _healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise GiveUpError(f"the operator exited: {self.log.read_text()[-3000:]}")
+            raise GiveUpError(f"the operator exited; log {self.log}:\n{self.tail()}")
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
@@ -126,6 +137,18 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def metrics(self) -> str:
+        """The operator's own Prometheus metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return str(answer.read().decode())
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as when a node dies."""
         if self.process is not None and self.process.poll() is None:
@@ -133,31 +156,35 @@ class OperatorProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM, then SIGKILL after 15 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.log_size_at_stop = self.log.stat().st_size
+        stop_group(self.process.pid, grace_seconds=15, poll=self.process.poll)
+        self.process.wait(10)
 
     def restart(self) -> None:
         self.kill()
         self.start()
 
+    def log_counts(self) -> dict[str, int]:
+        """Warnings and errors the operator logged (retries, conflicts) before its stop.
 
-@pytest.fixture(scope="session")
-def running_operator(
-    operator_identity: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    handle = OperatorProcess(
-        operator_identity, tmp_path_factory.mktemp("operator-log") / "operator.log"
-    )
-    handle.start()
-    try:
-        yield handle
-    finally:
-        handle.stop()
-        sys.stderr.write(f"\n[operator] log: {handle.log}\n")
+        kopf warns each time it cancels a daemon, which it does whenever an
+        InferenceService is deleted; those are counted apart."""
+        counts = {"WARNING": 0, "ERROR": 0, "daemon cancelled": 0}
+        try:
+            text = self.log.read_bytes()[: self.log_size_at_stop].decode(errors="replace")
+        except OSError:
+            return counts
+        for line in text.splitlines():
+            if "is cancelled. Will escalate." in line:
+                counts["daemon cancelled"] += 1
+            elif " WARNING " in line:
+                counts["WARNING"] += 1
+            elif " ERROR " in line:
+                counts["ERROR"] += 1
+        return counts
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
