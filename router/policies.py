@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
@@ -40,8 +41,10 @@ C = TypeVar("C", bound=Candidate)
 
 
 class Policy(Protocol):
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
-        """Pick one of ``candidates`` (never empty). ``key`` is an affinity hash or None."""
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
+        """Pick one of ``candidates`` (never empty). ``key`` is an affinity hash
+        or None; ``blocks`` the prompt's chained block hashes (`prefix_blocks`),
+        read only by `PrefixScore`."""
         ...
 
 
@@ -74,7 +77,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         i = self._next % len(candidates)
         self._next = i + 1
         return candidates[i]
@@ -87,7 +90,7 @@ class LeastLoaded:
     def __init__(self) -> None:
         self._start = 0
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         n = len(candidates)
         start = self._start % n
         self._start = start + 1
@@ -110,7 +113,7 @@ class SmoothWeighted:
     def __init__(self) -> None:
         self._credit: dict[str, int] = {}
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         total = 0
         best: C | None = None
         best_credit = 0
@@ -191,7 +194,7 @@ class PrefixAffinity:
         for i in range(size):
             yield (start + i) % size
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         if key is None or len(candidates) == 1:
             return self._fallback.choose(candidates, key)
         self._ring(candidates)
@@ -215,6 +218,84 @@ class PrefixAffinity:
         return self._fallback.choose(candidates, key)
 
 
+class PrefixScore:
+    """Scores prefix affinity against load, in the manner of llm-d's scheduler
+    (its default profile: prefix-cache-scorer x 3, queue-scorer x 2,
+    kv-cache-utilization-scorer x 2), and picks the highest sum:
+
+    - prefix: the share of the prompt's leading blocks (``blocks``, chained
+      hashes of 256-character blocks) that this router last sent to the
+      worker, from an LRU index per worker (llm-d's approximate prefix
+      scorer; it cannot see evictions and knows only its own routing);
+    - queue: ``(max - load) / (max - min)`` over the candidates, 1 when all
+      are equal, with load = requests in flight from this router + the
+      worker's scraped waiting queue;
+    - KV: ``1 - vllm:kv_cache_usage_perc``.
+
+    Ties rotate. Unlike `PrefixAffinity` the index is what this process has
+    seen, so two router replicas, or a restarted one, learn their own
+    placements (measured in docs/benchmarks.md#routing-quality).
+    """
+
+    WEIGHTS = (3.0, 2.0, 2.0)  # prefix, queue, KV: llm-d's defaults
+    LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
+
+    def __init__(self, weights: tuple[float, float, float] = WEIGHTS,
+                 capacity: int = LRU_BLOCKS_PER_WORKER) -> None:
+        self.weights = weights
+        self.capacity = capacity
+        self._index: dict[str, OrderedDict[int, None]] = {}
+        self._start = 0
+
+    def matched(self, name: str, blocks: Sequence[int]) -> int:
+        """Leading ``blocks`` this router last sent to ``name`` (still in its LRU)."""
+        seen = self._index.get(name)
+        if not seen:
+            return 0
+        n = 0
+        for b in blocks:
+            if b not in seen:
+                break
+            n += 1
+        return n
+
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
+        n = len(candidates)
+        loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
+        lo, hi = min(loads), max(loads)
+        w_prefix, w_queue, w_kv = self.weights
+        start = self._start % n
+        self._start = start + 1
+        best = candidates[start]
+        best_score = -1.0
+        for i in range(n):
+            j = (start + i) % n
+            c = candidates[j]
+            score = w_kv * (1.0 - min(c.kv_usage or 0.0, 1.0))
+            score += w_queue * ((hi - loads[j]) / (hi - lo) if hi > lo else 1.0)
+            if blocks:
+                score += w_prefix * self.matched(c.name, blocks) / len(blocks)
+            if score > best_score:
+                best, best_score = c, score
+        if blocks:
+            self._remember(best.name, blocks)
+        return best
+
+    def _remember(self, name: str, blocks: Sequence[int]) -> None:
+        seen = self._index.setdefault(name, OrderedDict())
+        for b in blocks:
+            seen[b] = None
+            seen.move_to_end(b)
+        while len(seen) > self.capacity:
+            seen.popitem(last=False)
+
+    def set_members(self, names: Sequence[str]) -> None:
+        """Forget the index of workers no longer in the routing table."""
+        keep = set(names)
+        for name in [k for k in self._index if k not in keep]:
+            del self._index[name]
+
+
 def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
     if strategy is Strategy.ROUND_ROBIN:
         return RoundRobin()
@@ -224,6 +305,8 @@ def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
         return SmoothWeighted()
     if strategy is Strategy.PREFIX_AFFINITY:
         return PrefixAffinity(load_factor)
+    if strategy is Strategy.PREFIX_SCORE:
+        return PrefixScore()
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

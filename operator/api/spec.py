@@ -26,6 +26,7 @@ class Strategy(StrEnum):
     LEAST_LOADED = "least-loaded"
     WEIGHTED = "weighted"
     PREFIX_AFFINITY = "prefix-affinity"
+    PREFIX_SCORE = "prefix-score"  # llm-d-style scores: prefix match x 3, queue x 2, KV x 2
 
 
 class Placement(StrEnum):
@@ -288,7 +289,7 @@ class RoutingSpec(ApiModel):
 
     strategy: Annotated[
         Strategy,
-        Field(description="round-robin, least-loaded, weighted or prefix-affinity."),
+        Field(description="round-robin, least-loaded, weighted, prefix-affinity or prefix-score."),
     ] = Strategy.LEAST_LOADED
     retries: Annotated[
         int,

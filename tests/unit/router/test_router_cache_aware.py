@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 from kubeinfer.operator.api.routing import RoutingTable
-from kubeinfer.router.policies import KV_FULL, LeastLoaded, PrefixAffinity, stable_hash
+from kubeinfer.router.policies import (
+    KV_FULL,
+    LeastLoaded,
+    PrefixAffinity,
+    PrefixScore,
+    stable_hash,
+)
 from kubeinfer.router.pool import Pool
 
 KEYS = [stable_hash(f"user-{i}".encode()) for i in range(500)]
@@ -160,3 +166,56 @@ def test_keys_spread_evenly_over_the_ring() -> None:
         policy.choose(backends, k).name for k in KEYS)
     assert len(counts) == 8
     assert min(counts.values()) > len(KEYS) / 8 * 0.5
+
+
+# prefix-score (llm-d-style weighted scores): rows of (backends, what this
+# router last sent where: {name: blocks}, request blocks, expected choice).
+P = (11, 12, 13, 14)
+SCORES = [
+    # Equal load and KV: the worker holding the whole prefix (3 points).
+    ([B("a"), B("b"), B("c")], {"b": P}, P, "b"),
+    # Longer leading match wins over a shorter one.
+    ([B("a"), B("b"), B("c")], {"a": P[:1], "c": P[:3]}, P, "c"),
+    # Blocks after a mismatch do not count: one leading block beats three later ones.
+    ([B("a"), B("b")], {"a": (99, *P[1:]), "b": P[:1]}, P, "b"),
+    # Equal prefix: fewer in flight + queued (queue score 2 vs 0).
+    ([B("a", in_flight=3), B("b", queue_depth=1), B("c", in_flight=2)], {}, P, "b"),
+    # Equal prefix and load: the emptier KV cache.
+    ([B("a", kv_usage=0.7), B("b", kv_usage=0.1), B("c", kv_usage=0.4)], {}, P, "b"),
+    # The whole prefix (3) outweighs the busiest queue (0 vs 2) at equal KV...
+    ([B("a", in_flight=5), B("b")], {"a": P}, P, "a"),
+    # ... but not the busiest queue and a nearly full cache (3 + 0 + 0.2 < 0 + 2 + 2).
+    ([B("a", in_flight=5, kv_usage=0.9), B("b", kv_usage=0.0)], {"a": P}, P, "b"),
+]
+
+
+@pytest.mark.parametrize(("backends", "sent", "blocks", "expected"), SCORES)
+def test_prefix_score_weighs_prefix_against_load(
+    backends: list[B], sent: dict[str, tuple[int, ...]], blocks: tuple[int, ...], expected: str,
+) -> None:
+    for start in range(len(backends)):  # whatever the tie rotation's starting point
+        policy = PrefixScore()
+        policy._start = start
+        for name, prefix in sent.items():
+            policy._remember(name, prefix)
+        assert policy.choose(backends, None, blocks).name == expected
+
+
+def test_prefix_score_keeps_a_prefix_where_it_sent_it_and_forgets_removed_workers() -> None:
+    policy = PrefixScore()
+    backends = [B(f"w{i}") for i in range(4)]
+    prompts = [tuple(stable_hash(f"{p}-{j}".encode()) for j in range(8)) for p in range(4)]
+    first = [policy.choose(backends, None, p).name for p in prompts]
+    assert len(set(first)) == 4  # idle and equal: new prefixes spread
+    assert [policy.choose(backends, None, p).name for p in prompts] == first
+    policy.set_members([b.name for b in backends if b.name != first[0]])
+    assert policy.matched(first[0], prompts[0]) == 0
+    assert policy.matched(first[1], prompts[1]) == 8
+
+
+def test_prefix_score_index_is_bounded_per_worker() -> None:
+    policy = PrefixScore(capacity=4)
+    policy._remember("a", (1, 2, 3))
+    policy._remember("a", (4, 5, 6))
+    assert policy.matched("a", (1, 2, 3)) == 0  # least recently sent went first
+    assert policy.matched("a", (3, 4, 5, 6)) == 4
