@@ -143,7 +143,9 @@ class PrefixAffinity:
     backend on the ring instead of creating a hot spot. A backend's load is
     its requests in flight plus the queue the worker reports (so the bound
     holds across router replicas); a backend whose KV cache is full is passed
-    over too. Requests without a key are balanced by least load.
+    over for the next one under the bound that is not (if every one is full,
+    the first under the bound takes it). Requests without a key are balanced
+    by least load.
 
     The ring is a pure function of the routing table's backend names
     (`set_members`, called on every table), never of what this process has
@@ -204,17 +206,25 @@ class PrefixAffinity:
         owners = self._owners
         seen: set[str] = set()
         members = len(self._ring_of)
+        first_full: C | None = None
         for i in self._walk(key):
             owner = owners[i]
             if owner in seen:
                 continue
             seen.add(owner)
             c = by_name.get(owner)
-            if c is not None and loads[owner] < bound and (c.kv_usage or 0.0) < KV_FULL:
-                return c
+            if c is not None and loads[owner] < bound:
+                if (c.kv_usage or 0.0) < KV_FULL:
+                    return c
+                first_full = first_full or c
             if len(seen) == members:
                 break
-        # Every candidate at the bound or full: least loaded.
+        if first_full is not None:
+            # Every worker under the bound has a full KV cache (normal at
+            # saturation: vLLM admits requests until the blocks run out): keep
+            # the key where the ring puts it rather than scatter it.
+            return first_full
+        # Every candidate at the bound: least loaded.
         return self._fallback.choose(candidates, key)
 
 

@@ -41,13 +41,16 @@ _spec.loader.exec_module(rb)
 
 WORKERS = 8
 MODEL = {"name": "tiny", "source": "sim/tiny", "engineArgs": {"maxModelLen": 8192}}
-# One simulated GPU: 8 batch slots; prefill 300 us per uncached token, one
-# prefill at a time (compute-bound); decode 30 ms per token plus 2 ms per
-# running sequence; 1,500 blocks of 16 tokens (24k tokens) of KV cache.
+# One simulated GPU (docs/benchmarks.md#routing-quality says why each figure):
+# prefill 300 us per uncached token, one prefill at a time (compute-bound;
+# ~3,300 tokens/s, an A10G-class GPU with a 7B model); decode 30 ms per token
+# plus 2 ms per other running sequence (memory-bound: each sequence's KV is
+# read every step); 1,500 blocks of 16 tokens (24,000 tokens) of KV cache,
+# which, not the 64 batch slots, limits how many requests run.
 SIMULATOR = {"ttftMs": 10, "prefillUsPerToken": 300, "prefillSerial": True, "tpotMs": 30,
-             "tpotUsPerRunningSeq": 2000, "maxNumSeqs": 8, "kvCacheBlocks": 1500,
+             "tpotUsPerRunningSeq": 2000, "maxNumSeqs": 64, "kvCacheBlocks": 1500,
              "kvBlockSize": 16}
-KUBEINFER = ("round-robin", "least-loaded", "prefix-affinity")
+KUBEINFER = ("round-robin", "least-loaded", "prefix-affinity", "prefix-score")
 VLLM_ROUTER = ("cache_aware", "consistent_hash", "power_of_two")
 
 
@@ -129,9 +132,14 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
             started = [start_kubeinfer(strategy, workers.urls, workdir, f"{strategy}-{i}")
                        for i in range(int(copies or 1))]
             procs, urls = [p for p, _ in started], [u for _, u in started]
-        before = workers.counters()
-        results, wall = asyncio.run(wl.drive(urls, "tiny", wl.Workload(kind), rate, seconds))
+        # Counters from the end of the warm-up: caches start empty, and a
+        # cold start is not what routing is judged on.
+        warm: list[list[dict[str, float]]] = []
+        results, wall = asyncio.run(wl.drive(urls, "tiny", wl.Workload(kind), rate, seconds,
+                                             warmup=warmup,
+                                             on_warm=lambda: warm.append(workers.counters())))
         after = workers.counters()
+        before = warm[0] if warm else after
     finally:
         for p in procs:
             p.terminate()
@@ -178,6 +186,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=6.0, help="seconds not counted")
     p.add_argument("--quick", action="store_true", help="one rate, 8 s runs, fewer targets")
     p.add_argument("--targets", default=",".join([*KUBEINFER, "prefix-affinity x2",
+                                                  "prefix-score x2",
                                                   *(f"vllm-router:{v}" for v in VLLM_ROUTER)]))
     p.add_argument("--json", type=Path, help="write the raw results here")
     p.add_argument("--load-factor", type=float, default=1.25, help="prefix-affinity's bound")
@@ -199,7 +208,7 @@ def main() -> int:
         for rate in rates if "shared" in kinds else []:
             for t in targets:
                 rows.append(measure(t, "shared", rate, a.seconds, a.warmup, workdir))
-        for t in ("round-robin", "least-loaded", "prefix-affinity"):
+        for t in KUBEINFER:
             if t in targets and "control" in kinds:
                 rows.append(measure(t, "control", a.control_rate, a.seconds, a.warmup, workdir))
     print(table(rows))

@@ -219,3 +219,13 @@ def test_prefix_score_index_is_bounded_per_worker() -> None:
     policy._remember("a", (4, 5, 6))
     assert policy.matched("a", (1, 2, 3)) == 0  # least recently sent went first
     assert policy.matched("a", (3, 4, 5, 6)) == 4
+
+
+def test_prefix_affinity_keeps_the_key_when_every_kv_cache_is_full() -> None:
+    # At saturation every worker's cache is full (vLLM admits until the blocks
+    # run out): the key stays with its ring owner instead of being scattered.
+    backends = [B(f"b{i}", kv_usage=0.99) for i in range(4)]
+    policy = PrefixAffinity()
+    owner = policy.owner(KEYS[2], backends)
+    assert owner is not None
+    assert {policy.choose(backends, KEYS[2]).name for _ in range(4)} == {owner.name}
