@@ -155,7 +155,7 @@ class PrefixAffinity:
 
     VNODES = 64
 
-    def __init__(self, load_factor: float = 1.25) -> None:
+    def __init__(self, load_factor: float = 2.0) -> None:
         self.load_factor = load_factor
         self._table_members: tuple[str, ...] = ()
         self._ring_of: tuple[str, ...] = ()
@@ -189,6 +189,32 @@ class PrefixAffinity:
             if c is not None:
                 return c
         return None
+
+    def homes(self, key: int, candidates: Sequence[C], count: int) -> list[C]:
+        """The first ``count`` members on the ring at ``key`` that are
+        candidates and under the load bound (fewer, or none, when they are
+        not); the ring ignores who is a candidate, so that a worker's absence
+        moves only its own keys."""
+        self._ring(candidates)
+        by_name = {c.name: c for c in candidates}
+        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
+        out: list[C] = []
+        seen: set[str] = set()
+        looked = 0  # candidates met on the ring, under the bound or not
+        for i in self._walk(key):
+            owner = self._owners[i]
+            if owner in seen:
+                continue
+            seen.add(owner)
+            c = by_name.get(owner)
+            if c is not None:
+                looked += 1
+                if loads[owner] < bound:
+                    out.append(c)
+            if looked >= count or len(seen) >= len(self._ring_of):
+                break
+        return out
 
     def _walk(self, key: int) -> Iterator[int]:
         size = len(self._points)
@@ -231,31 +257,50 @@ class PrefixAffinity:
 class PrefixScore:
     """Scores prefix affinity against load, in the manner of llm-d's scheduler
     (its default profile: prefix-cache-scorer x 3, queue-scorer x 2,
-    kv-cache-utilization-scorer x 2), and picks the highest sum:
+    kv-cache-utilization-scorer x 2), among the key's two homes on the hash
+    ring:
 
+    - homes: the first two workers on `PrefixAffinity`'s ring at the key
+      (the table's names only), so every router replica, and a restarted
+      one, keeps a prefix on the same two workers; when both are at the
+      bound (``load_factor`` x the mean load, as in `PrefixAffinity`) every
+      worker is scored;
     - prefix: the share of the prompt's leading blocks (``blocks``, chained
       hashes of 256-character blocks) that this router last sent to the
       worker, from an LRU index per worker (llm-d's approximate prefix
       scorer; it cannot see evictions and knows only its own routing);
-    - queue: ``(max - load) / (max - min)`` over the candidates, 1 when all
-      are equal, with load = requests in flight from this router + the
+    - queue: ``(max - load) / (max - min)`` over the workers scored, 1 when
+      all are equal, with load = requests in flight from this router + the
       worker's scraped waiting queue;
     - KV: ``1 - vllm:kv_cache_usage_perc``.
 
-    Ties rotate. Unlike `PrefixAffinity` the index is what this process has
-    seen, so two router replicas, or a restarted one, learn their own
-    placements (measured in docs/benchmarks.md#routing-quality).
+    The highest sum wins; a tie goes to the first home (ties among all
+    workers rotate). Why two homes and not every worker
+    (llm-d's way) is measured in docs/benchmarks.md#routing-quality: with
+    every worker scored, two router replicas learn different placements and
+    a prefix ends up everywhere.
     """
 
     WEIGHTS = (3.0, 2.0, 2.0)  # prefix, queue, KV: llm-d's defaults
     LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
+    HOMES = 2
 
-    def __init__(self, weights: tuple[float, float, float] = WEIGHTS,
+    def __init__(self, load_factor: float = 2.0,
+                 weights: tuple[float, float, float] = WEIGHTS,
                  capacity: int = LRU_BLOCKS_PER_WORKER) -> None:
         self.weights = weights
         self.capacity = capacity
+        self._ring = PrefixAffinity(load_factor)
         self._index: dict[str, OrderedDict[int, None]] = {}
         self._start = 0
+
+    @property
+    def load_factor(self) -> float:
+        return self._ring.load_factor
+
+    @load_factor.setter
+    def load_factor(self, value: float) -> None:
+        self._ring.load_factor = value
 
     def matched(self, name: str, blocks: Sequence[int]) -> int:
         """Leading ``blocks`` this router last sent to ``name`` (still in its LRU)."""
@@ -269,18 +314,32 @@ class PrefixScore:
             n += 1
         return n
 
+    def homes(self, key: int, candidates: Sequence[C]) -> list[C]:
+        """The key's first `HOMES` workers on the ring among ``candidates``,
+        those under the load bound; empty when all of them are at it."""
+        return self._ring.homes(key, candidates, self.HOMES)
+
     def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
-        n = len(candidates)
-        loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
+        if key is None and blocks:
+            key = blocks[0]
+        homes = self.homes(key, candidates) if key is not None and len(candidates) > 1 else []
+        scored = homes or candidates
+        n = len(scored)
+        loads = [c.in_flight + (c.queue_depth or 0) for c in scored]
         lo, hi = min(loads), max(loads)
         w_prefix, w_queue, w_kv = self.weights
-        start = self._start % n
-        self._start = start + 1
-        best = candidates[start]
+        if homes:
+            # Ties go to the first home, so that replicas that have not seen
+            # a prefix yet (or see equal loads) agree on one worker.
+            start = 0
+        else:
+            start = self._start % n
+            self._start = start + 1
+        best = scored[start]
         best_score = -1.0
         for i in range(n):
             j = (start + i) % n
-            c = candidates[j]
+            c = scored[j]
             score = w_kv * (1.0 - min(c.kv_usage or 0.0, 1.0))
             score += w_queue * ((hi - loads[j]) / (hi - lo) if hi > lo else 1.0)
             if blocks:
@@ -300,13 +359,14 @@ class PrefixScore:
             seen.popitem(last=False)
 
     def set_members(self, names: Sequence[str]) -> None:
-        """Forget the index of workers no longer in the routing table."""
+        """The routing table's backends: the ring's members; the index of
+        workers no longer in the table is forgotten."""
+        self._ring.set_members(names)
         keep = set(names)
         for name in [k for k in self._index if k not in keep]:
             del self._index[name]
 
-
-def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
+def make_policy(strategy: Strategy, *, load_factor: float = 2.0) -> Policy:
     if strategy is Strategy.ROUND_ROBIN:
         return RoundRobin()
     if strategy is Strategy.LEAST_LOADED:
@@ -316,7 +376,7 @@ def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
     if strategy is Strategy.PREFIX_AFFINITY:
         return PrefixAffinity(load_factor)
     if strategy is Strategy.PREFIX_SCORE:
-        return PrefixScore()
+        return PrefixScore(load_factor)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

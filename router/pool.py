@@ -229,7 +229,7 @@ class Pool:
                 previous = self._groups.get(key) if same_shape else None
                 policy = previous.policy if previous is not None else make_policy(
                     table.strategy, load_factor=table.load_factor)
-                if isinstance(policy, PrefixAffinity):
+                if isinstance(policy, PrefixAffinity | PrefixScore):
                     policy.load_factor = table.load_factor
                 group = groups[key] = _Group(policy)
             group.backends.append(b)

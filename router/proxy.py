@@ -89,6 +89,7 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
     if table.strategy is Strategy.PREFIX_AFFINITY:
         key = affinity_key(inf, req.session_id, table.prefix_length)
     elif table.strategy is Strategy.PREFIX_SCORE:
+        key = affinity_key(inf, req.session_id, table.prefix_length)
         blocks = prefix_blocks(inf)
     r.budget.deposit()
     ctx = Ctx()

@@ -85,7 +85,7 @@ class Workers:
             p.wait(10)
 
 
-LOAD_FACTOR = {"value": 1.25}  # prefix-affinity's bound, --load-factor
+LOAD_FACTOR: dict[str, float | None] = {"value": None}  # --load-factor; None: the default
 
 
 def start_kubeinfer(strategy: str, backends: list[str], workdir: Path, tag: str) -> Any:
@@ -93,7 +93,7 @@ def start_kubeinfer(strategy: str, backends: list[str], workdir: Path, tag: str)
     routes = workdir / f"routes-{tag}.json"
     routes.write_text(json.dumps({
         "service": "bench", "model": "tiny", "strategy": strategy, "queueSize": 4096,
-        "loadFactor": LOAD_FACTOR["value"],
+        **({"loadFactor": LOAD_FACTOR["value"]} if LOAD_FACTOR["value"] else {}),
         "backends": [{"name": f"w{i}", "url": u, "revision": "r1"}
                      for i, u in enumerate(backends)],
     }))
@@ -189,7 +189,8 @@ def main() -> int:
                                                   "prefix-score x2",
                                                   *(f"vllm-router:{v}" for v in VLLM_ROUTER)]))
     p.add_argument("--json", type=Path, help="write the raw results here")
-    p.add_argument("--load-factor", type=float, default=1.25, help="prefix-affinity's bound")
+    p.add_argument("--load-factor", type=float,
+                   help="prefix-affinity's and prefix-score's bound (default: the table's)")
     p.add_argument("--kinds", default="shared,control")
     p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
     a = p.parse_args()
