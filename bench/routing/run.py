@@ -2,13 +2,14 @@
 """Routing-quality benchmark: kubeinfer's strategies vs vllm-router's policies
 over 8 simulated vLLM workers with the KV-cache model.
 
-One command, loopback only, bounded in requests and time (about 8 minutes;
-``--quick`` about 2):
+One command, loopback only, bounded in requests and time (about 20 minutes
+on 2 cores; ``--quick`` about 5):
 
     .venv/bin/python bench/routing/run.py   # vllm-router: bench/router/run.py --install
 
 Every run starts 8 fresh `kubeinfer.worker.simulated` processes (empty
-caches), one router (or two kubeinfer routers for ``prefix-affinity x2``),
+caches), one router (or two kubeinfer routers for ``... x2``, requests
+alternating),
 and drives a streaming chat workload open loop at a fixed rate. Figures
 count requests sent after a warm-up. Cache hit rate and load spread come
 from the workers' own /metrics (vllm:prefix_cache_hits/queries,
@@ -180,9 +181,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", default="6,12,20", help="requests/s, light to beyond saturation")
-    p.add_argument("--control-rate", type=float, default=12.0)
-    p.add_argument("--seconds", type=float, default=20.0, help="arrivals per run")
+    p.add_argument("--rates", default="4,8,16", help="requests/s, light to beyond saturation")
+    p.add_argument("--control-rate", type=float, default=8.0, help="beyond saturation")
+    p.add_argument("--seconds", type=float, default=16.0, help="arrivals per run")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds not counted")
     p.add_argument("--quick", action="store_true", help="one rate, 8 s runs, fewer targets")
     p.add_argument("--targets", default=",".join([*KUBEINFER, "prefix-affinity x2",
