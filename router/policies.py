@@ -216,6 +216,12 @@ class PrefixAffinity:
                 break
         return out
 
+    def under_bound(self, candidates: Sequence[C]) -> list[C]:
+        """The candidates whose load is under ``load_factor`` x the mean."""
+        loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
+        bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(candidates))
+        return [c for c, load in zip(candidates, loads, strict=True) if load < bound]
+
     def _walk(self, key: int) -> Iterator[int]:
         size = len(self._points)
         start = bisect.bisect_left(self._points, key)
@@ -263,8 +269,8 @@ class PrefixScore:
     - homes: the first two workers on `PrefixAffinity`'s ring at the key
       (the table's names only), so every router replica, and a restarted
       one, keeps a prefix on the same two workers; when both are at the
-      bound (``load_factor`` x the mean load, as in `PrefixAffinity`) every
-      worker is scored;
+      bound (``load_factor`` x the mean load, as in `PrefixAffinity`) the
+      workers under the bound are scored;
     - prefix: the share of the prompt's leading blocks (``blocks``, chained
       hashes of 256-character blocks) that this router last sent to the
       worker, from an LRU index per worker (llm-d's approximate prefix
@@ -323,7 +329,10 @@ class PrefixScore:
         if key is None and blocks:
             key = blocks[0]
         homes = self.homes(key, candidates) if key is not None and len(candidates) > 1 else []
-        scored = homes or candidates
+        # Both homes at the bound: the others under it (a hot prefix spreads
+        # instead of piling on the homes that hold it), else everyone.
+        scored = homes or (self._ring.under_bound(candidates) if key is not None else []) \
+            or candidates
         n = len(scored)
         loads = [c.in_flight + (c.queue_depth or 0) for c in scored]
         lo, hi = min(loads), max(loads)

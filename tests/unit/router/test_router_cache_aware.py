@@ -207,7 +207,7 @@ def test_prefix_score_weighs_prefix_against_load(
 def test_prefix_score_keeps_a_key_on_its_two_homes_across_replicas() -> None:
     """Two router replicas with different histories and loads send a key only
     to its two ring homes, so a prefix is cached on at most two workers."""
-    backends = [B(f"w{i}") for i in range(8)]
+    backends = [B(f"w{i}", in_flight=2) for i in range(8)]  # busy, under the bound
     one, two = PrefixScore(), PrefixScore()
     one.set_members([b.name for b in backends])
     two.set_members([b.name for b in reversed(backends)])
@@ -217,11 +217,11 @@ def test_prefix_score_keeps_a_key_on_its_two_homes_across_replicas() -> None:
         assert len(homes) == 2
         assert {h.name for h in two.homes(k, backends)} == homes
         for step in range(3):
-            backends[step].in_flight = 1  # loads differ a little from pick to pick
+            backends[step].in_flight = 3  # loads differ a little from pick to pick
             assert one.choose(backends, k, blocks).name in homes
             assert two.choose(backends, None, blocks).name in homes  # key = first block
         for b in backends:
-            b.in_flight = 0
+            b.in_flight = 2
     # Keys are spread: every worker is someone's home.
     assert {h.name for k in KEYS for h in one.homes(k, backends)} == {b.name for b in backends}
 
@@ -232,10 +232,14 @@ def test_prefix_score_spills_when_both_homes_are_at_the_bound() -> None:
     key = KEYS[3]
     homes = policy.homes(key, backends)
     for h in homes:
+        policy._remember(h.name, (key,))  # both hold the prefix
         h.in_flight = 6  # mean 3, bound ceil(1.25 x 13 / 4) = 5
-    chosen = policy.choose(backends, key, (key,))
-    assert chosen not in homes
     assert policy.homes(key, backends) == []
+    for _ in range(4):  # a hot prefix: it spreads over the others, never back to the homes
+        chosen = policy.choose(backends, key, (key,))
+        assert chosen not in homes
+        assert chosen.in_flight < 5
+        chosen.in_flight += 1
 
 
 def test_prefix_score_keeps_a_prefix_where_it_sent_it_and_forgets_removed_workers() -> None:
