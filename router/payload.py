@@ -7,6 +7,7 @@ original bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -104,3 +105,27 @@ def _prompt_prefix(payload: dict[str, Any], limit: int) -> str:
         elif isinstance(first, list):
             prompt = ",".join(str(t) for t in first[:limit])
     return prompt[:limit] if isinstance(prompt, str) else ""
+
+
+# prefix-score's blocks: 64 tokens at ~4 characters each (llm-d's approximate
+# prefix scorer hashes fixed-size character blocks too), at most 256 of them
+# (its maxPrefixBlocksToMatch).
+BLOCK_CHARS = 256
+MAX_BLOCKS = 256
+
+
+def prefix_blocks(req: Inference, block_chars: int = BLOCK_CHARS,
+                  max_blocks: int = MAX_BLOCKS) -> tuple[int, ...]:
+    """Chained hashes of the prompt's full ``block_chars``-character blocks (for
+    chat: the messages' text in order): block i's hash stands for the whole
+    prefix up to it, like vLLM's block hashes, so two prompts share exactly
+    their common leading blocks."""
+    text = _prompt_prefix(req.payload, block_chars * max_blocks)
+    data = text.encode("utf-8", "surrogatepass")
+    out: list[int] = []
+    parent = b""
+    for start in range(0, len(data) - block_chars + 1, block_chars):
+        parent = hashlib.blake2b(parent + data[start : start + block_chars],
+                                 digest_size=8).digest()
+        out.append(int.from_bytes(parent, "big"))
+    return tuple(out)

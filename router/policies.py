@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
@@ -40,8 +41,10 @@ C = TypeVar("C", bound=Candidate)
 
 
 class Policy(Protocol):
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
-        """Pick one of ``candidates`` (never empty). ``key`` is an affinity hash or None."""
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
+        """Pick one of ``candidates`` (never empty). ``key`` is an affinity hash
+        or None; ``blocks`` the prompt's chained block hashes (`prefix_blocks`),
+        read only by `PrefixScore`."""
         ...
 
 
@@ -74,7 +77,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         i = self._next % len(candidates)
         self._next = i + 1
         return candidates[i]
@@ -87,7 +90,7 @@ class LeastLoaded:
     def __init__(self) -> None:
         self._start = 0
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         n = len(candidates)
         start = self._start % n
         self._start = start + 1
@@ -110,7 +113,7 @@ class SmoothWeighted:
     def __init__(self) -> None:
         self._credit: dict[str, int] = {}
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         total = 0
         best: C | None = None
         best_credit = 0
@@ -140,7 +143,9 @@ class PrefixAffinity:
     backend on the ring instead of creating a hot spot. A backend's load is
     its requests in flight plus the queue the worker reports (so the bound
     holds across router replicas); a backend whose KV cache is full is passed
-    over too. Requests without a key are balanced by least load.
+    over for the next one under the bound that is not (if every one is full,
+    the first under the bound takes it). Requests without a key are balanced
+    by least load.
 
     The ring is a pure function of the routing table's backend names
     (`set_members`, called on every table), never of what this process has
@@ -150,7 +155,7 @@ class PrefixAffinity:
 
     VNODES = 64
 
-    def __init__(self, load_factor: float = 1.25) -> None:
+    def __init__(self, load_factor: float = 2.0) -> None:
         self.load_factor = load_factor
         self._table_members: tuple[str, ...] = ()
         self._ring_of: tuple[str, ...] = ()
@@ -185,13 +190,45 @@ class PrefixAffinity:
                 return c
         return None
 
+    def homes(self, key: int, candidates: Sequence[C], count: int) -> list[C]:
+        """The first ``count`` members on the ring at ``key`` that are
+        candidates and under the load bound (fewer, or none, when they are
+        not); the ring ignores who is a candidate, so that a worker's absence
+        moves only its own keys."""
+        self._ring(candidates)
+        by_name = {c.name: c for c in candidates}
+        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
+        out: list[C] = []
+        seen: set[str] = set()
+        looked = 0  # candidates met on the ring, under the bound or not
+        for i in self._walk(key):
+            owner = self._owners[i]
+            if owner in seen:
+                continue
+            seen.add(owner)
+            c = by_name.get(owner)
+            if c is not None:
+                looked += 1
+                if loads[owner] < bound:
+                    out.append(c)
+            if looked >= count or len(seen) >= len(self._ring_of):
+                break
+        return out
+
+    def under_bound(self, candidates: Sequence[C]) -> list[C]:
+        """The candidates whose load is under ``load_factor`` x the mean."""
+        loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
+        bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(candidates))
+        return [c for c, load in zip(candidates, loads, strict=True) if load < bound]
+
     def _walk(self, key: int) -> Iterator[int]:
         size = len(self._points)
         start = bisect.bisect_left(self._points, key)
         for i in range(size):
             yield (start + i) % size
 
-    def choose(self, candidates: Sequence[C], key: int | None) -> C:
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         if key is None or len(candidates) == 1:
             return self._fallback.choose(candidates, key)
         self._ring(candidates)
@@ -201,21 +238,144 @@ class PrefixAffinity:
         owners = self._owners
         seen: set[str] = set()
         members = len(self._ring_of)
+        first_full: C | None = None
         for i in self._walk(key):
             owner = owners[i]
             if owner in seen:
                 continue
             seen.add(owner)
             c = by_name.get(owner)
-            if c is not None and loads[owner] < bound and (c.kv_usage or 0.0) < KV_FULL:
-                return c
+            if c is not None and loads[owner] < bound:
+                if (c.kv_usage or 0.0) < KV_FULL:
+                    return c
+                first_full = first_full or c
             if len(seen) == members:
                 break
-        # Every candidate at the bound or full: least loaded.
+        if first_full is not None:
+            # Every worker under the bound has a full KV cache (normal at
+            # saturation: vLLM admits requests until the blocks run out): keep
+            # the key where the ring puts it rather than scatter it.
+            return first_full
+        # Every candidate at the bound: least loaded.
         return self._fallback.choose(candidates, key)
 
 
-def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
+class PrefixScore:
+    """Scores prefix affinity against load, in the manner of llm-d's scheduler
+    (its default profile: prefix-cache-scorer x 3, queue-scorer x 2,
+    kv-cache-utilization-scorer x 2), among the key's two homes on the hash
+    ring:
+
+    - homes: the first two workers on `PrefixAffinity`'s ring at the key
+      (the table's names only), so every router replica, and a restarted
+      one, keeps a prefix on the same two workers; when both are at the
+      bound (``load_factor`` x the mean load, as in `PrefixAffinity`) the
+      workers under the bound are scored;
+    - prefix: the share of the prompt's leading blocks (``blocks``, chained
+      hashes of 256-character blocks) that this router last sent to the
+      worker, from an LRU index per worker (llm-d's approximate prefix
+      scorer; it cannot see evictions and knows only its own routing);
+    - queue: ``(max - load) / (max - min)`` over the workers scored, 1 when
+      all are equal, with load = requests in flight from this router + the
+      worker's scraped waiting queue;
+    - KV: ``1 - vllm:kv_cache_usage_perc``.
+
+    The highest sum wins; a tie goes to the first home (ties among all
+    workers rotate). Why two homes and not every worker
+    (llm-d's way) is measured in docs/benchmarks.md#routing-quality: with
+    every worker scored, two router replicas learn different placements and
+    a prefix ends up everywhere.
+    """
+
+    WEIGHTS = (3.0, 2.0, 2.0)  # prefix, queue, KV: llm-d's defaults
+    LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
+    HOMES = 2
+
+    def __init__(self, load_factor: float = 2.0,
+                 weights: tuple[float, float, float] = WEIGHTS,
+                 capacity: int = LRU_BLOCKS_PER_WORKER) -> None:
+        self.weights = weights
+        self.capacity = capacity
+        self._ring = PrefixAffinity(load_factor)
+        self._index: dict[str, OrderedDict[int, None]] = {}
+        self._start = 0
+
+    @property
+    def load_factor(self) -> float:
+        return self._ring.load_factor
+
+    @load_factor.setter
+    def load_factor(self, value: float) -> None:
+        self._ring.load_factor = value
+
+    def matched(self, name: str, blocks: Sequence[int]) -> int:
+        """Leading ``blocks`` this router last sent to ``name`` (still in its LRU)."""
+        seen = self._index.get(name)
+        if not seen:
+            return 0
+        n = 0
+        for b in blocks:
+            if b not in seen:
+                break
+            n += 1
+        return n
+
+    def homes(self, key: int, candidates: Sequence[C]) -> list[C]:
+        """The key's first `HOMES` workers on the ring among ``candidates``,
+        those under the load bound; empty when all of them are at it."""
+        return self._ring.homes(key, candidates, self.HOMES)
+
+    def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
+        if key is None and blocks:
+            key = blocks[0]
+        homes = self.homes(key, candidates) if key is not None and len(candidates) > 1 else []
+        # Both homes at the bound: the others under it (a hot prefix spreads
+        # instead of piling on the homes that hold it), else everyone.
+        scored = homes or (self._ring.under_bound(candidates) if key is not None else []) \
+            or candidates
+        n = len(scored)
+        loads = [c.in_flight + (c.queue_depth or 0) for c in scored]
+        lo, hi = min(loads), max(loads)
+        w_prefix, w_queue, w_kv = self.weights
+        if homes:
+            # Ties go to the first home, so that replicas that have not seen
+            # a prefix yet (or see equal loads) agree on one worker.
+            start = 0
+        else:
+            start = self._start % n
+            self._start = start + 1
+        best = scored[start]
+        best_score = -1.0
+        for i in range(n):
+            j = (start + i) % n
+            c = scored[j]
+            score = w_kv * (1.0 - min(c.kv_usage or 0.0, 1.0))
+            score += w_queue * ((hi - loads[j]) / (hi - lo) if hi > lo else 1.0)
+            if blocks:
+                score += w_prefix * self.matched(c.name, blocks) / len(blocks)
+            if score > best_score:
+                best, best_score = c, score
+        if blocks:
+            self._remember(best.name, blocks)
+        return best
+
+    def _remember(self, name: str, blocks: Sequence[int]) -> None:
+        seen = self._index.setdefault(name, OrderedDict())
+        for b in blocks:
+            seen[b] = None
+            seen.move_to_end(b)
+        while len(seen) > self.capacity:
+            seen.popitem(last=False)
+
+    def set_members(self, names: Sequence[str]) -> None:
+        """The routing table's backends: the ring's members; the index of
+        workers no longer in the table is forgotten."""
+        self._ring.set_members(names)
+        keep = set(names)
+        for name in [k for k in self._index if k not in keep]:
+            del self._index[name]
+
+def make_policy(strategy: Strategy, *, load_factor: float = 2.0) -> Policy:
     if strategy is Strategy.ROUND_ROBIN:
         return RoundRobin()
     if strategy is Strategy.LEAST_LOADED:
@@ -224,6 +384,8 @@ def make_policy(strategy: Strategy, *, load_factor: float = 1.25) -> Policy:
         return SmoothWeighted()
     if strategy is Strategy.PREFIX_AFFINITY:
         return PrefixAffinity(load_factor)
+    if strategy is Strategy.PREFIX_SCORE:
+        return PrefixScore(load_factor)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

@@ -16,14 +16,20 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from kubeinfer.operator.api.routing import Backend, RoutingTable
 from kubeinfer.operator.api.spec import Strategy
-from kubeinfer.router.policies import Policy, PrefixAffinity, RevisionSplitter, make_policy
+from kubeinfer.router.policies import (
+    Policy,
+    PrefixAffinity,
+    PrefixScore,
+    RevisionSplitter,
+    make_policy,
+)
 from kubeinfer.router.stats import AttemptStats, Window
 from kubeinfer.router.upstream import UpstreamPool
 
@@ -163,13 +169,14 @@ class BackendState:
 
 
 class _Waiter:
-    __slots__ = ("exclude", "fut", "key")
+    __slots__ = ("blocks", "exclude", "fut", "key")
 
     def __init__(self, fut: asyncio.Future[BackendState], key: int | None,
-                 exclude: Collection[str]) -> None:
+                 exclude: Collection[str], blocks: Sequence[int]) -> None:
         self.fut = fut
         self.key = key
         self.exclude = exclude
+        self.blocks = blocks
 
 
 class _Group:
@@ -236,12 +243,12 @@ class Pool:
                 previous = self._groups.get(key) if same_shape else None
                 policy = previous.policy if previous is not None else make_policy(
                     table.strategy, load_factor=table.load_factor)
-                if isinstance(policy, PrefixAffinity):
+                if isinstance(policy, PrefixAffinity | PrefixScore):
                     policy.load_factor = table.load_factor
                 group = groups[key] = _Group(policy)
             group.backends.append(b)
         for group in groups.values():
-            if isinstance(group.policy, PrefixAffinity):
+            if isinstance(group.policy, PrefixAffinity | PrefixScore):
                 group.policy.set_members([b.name for b in group.backends])
         for b in new.values():
             if b.revision not in self.revision_stats:
@@ -259,8 +266,8 @@ class Pool:
 
     # -- choosing -------------------------------------------------------------
 
-    def pick(self, key: int | None,
-             exclude: Collection[str] = ()) -> tuple[BackendState | None, bool]:
+    def pick(self, key: int | None, exclude: Collection[str] = (),
+             blocks: Sequence[int] = ()) -> tuple[BackendState | None, bool]:
         """Choose a backend for one attempt and reserve its slot.
 
         Returns ``(backend, False)`` on success, ``(None, True)`` when healthy
@@ -292,7 +299,7 @@ class Pool:
             free = [b for b in available[rev]
                     if b.max_concurrency is None or b.in_flight < b.max_concurrency]
             if free:
-                b = self._groups[rev].policy.choose(free, key)
+                b = self._groups[rev].policy.choose(free, key, blocks)
                 b.in_flight += 1
                 return b, False
         return None, True
@@ -310,7 +317,7 @@ class Pool:
         return len(self._queue)
 
     async def wait_for_slot(self, key: int | None, exclude: Collection[str],
-                            wait_seconds: float) -> BackendState:
+                            wait_seconds: float, blocks: Sequence[int] = ()) -> BackendState:
         """Wait in the FIFO for a free slot; the returned backend's slot is reserved.
 
         Raises `QueueFullError`, `QueueTimeoutError`, or `NoBackendError` (every backend
@@ -319,7 +326,7 @@ class Pool:
         if len(self._queue) >= self.queue_size:
             raise QueueFullError
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), key, exclude)
+        waiter = _Waiter(loop.create_future(), key, exclude, blocks)
         self._queue.append(waiter)
         timer = loop.call_later(wait_seconds, self._expire, waiter)
         try:
@@ -350,7 +357,7 @@ class Pool:
             if w.fut.done():
                 queue.popleft()
                 continue
-            backend, full = self.pick(w.key, w.exclude)
+            backend, full = self.pick(w.key, w.exclude, w.blocks)
             if backend is not None:
                 queue.popleft()
                 w.fut.set_result(backend)

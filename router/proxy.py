@@ -20,7 +20,7 @@ from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.operator.api.spec import Strategy
 from kubeinfer.router.errors import error_body
 from kubeinfer.router.outcome import FAILED_STREAM_STATUS, stream_outcome
-from kubeinfer.router.payload import Inference, affinity_key
+from kubeinfer.router.payload import Inference, affinity_key, prefix_blocks
 from kubeinfer.router.pool import (
     BackendState,
     NoBackendError,
@@ -91,8 +91,12 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
                           table: RoutingTable) -> None:
     pool = r.pool
     key = None
+    blocks: tuple[int, ...] = ()
     if table.strategy is Strategy.PREFIX_AFFINITY:
         key = affinity_key(inf, req.session_id, table.prefix_length)
+    elif table.strategy is Strategy.PREFIX_SCORE:
+        key = affinity_key(inf, req.session_id, table.prefix_length)
+        blocks = prefix_blocks(inf)
     r.budget.deposit()
     pool.note_arrival()
     ctx = Ctx()
@@ -102,14 +106,15 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
     failure: Failure | None = None
     try:
         while True:
-            b, full = pool.pick(key, tried)
+            b, full = pool.pick(key, tried, blocks)
             if b is None and full:
                 if pool.queue_length >= pool.queue_size:
                     _too_busy(conn, ctx, "All backends are busy and the wait queue is full.")
                     return
                 waited = time.monotonic()
                 try:
-                    b = await pool.wait_for_slot(key, tried, table.queue_timeout_seconds)
+                    b = await pool.wait_for_slot(key, tried, table.queue_timeout_seconds,
+                                                 blocks)
                 except QueueFullError:
                     _too_busy(conn, ctx, "All backends are busy and the wait queue is full.")
                     return

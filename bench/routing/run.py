@@ -2,13 +2,14 @@
 """Routing-quality benchmark: kubeinfer's strategies vs vllm-router's policies
 over 8 simulated vLLM workers with the KV-cache model.
 
-One command, loopback only, bounded in requests and time (about 8 minutes;
-``--quick`` about 2):
+One command, loopback only, bounded in requests and time (about 20 minutes
+on 2 cores; ``--quick`` about 5):
 
     .venv/bin/python bench/routing/run.py   # vllm-router: bench/router/run.py --install
 
 Every run starts 8 fresh `kubeinfer.worker.simulated` processes (empty
-caches), one router (or two kubeinfer routers for ``prefix-affinity x2``),
+caches), one router (or two kubeinfer routers for ``... x2``, requests
+alternating),
 and drives a streaming chat workload open loop at a fixed rate. Figures
 count requests sent after a warm-up. Cache hit rate and load spread come
 from the workers' own /metrics (vllm:prefix_cache_hits/queries,
@@ -41,13 +42,16 @@ _spec.loader.exec_module(rb)
 
 WORKERS = 8
 MODEL = {"name": "tiny", "source": "sim/tiny", "engineArgs": {"maxModelLen": 8192}}
-# One simulated GPU: 8 batch slots; prefill 300 us per uncached token, one
-# prefill at a time (compute-bound); decode 30 ms per token plus 2 ms per
-# running sequence; 1,500 blocks of 16 tokens (24k tokens) of KV cache.
+# One simulated GPU (docs/benchmarks.md#routing-quality says why each figure):
+# prefill 300 us per uncached token, one prefill at a time (compute-bound;
+# ~3,300 tokens/s, an A10G-class GPU with a 7B model); decode 30 ms per token
+# plus 2 ms per other running sequence (memory-bound: each sequence's KV is
+# read every step); 1,500 blocks of 16 tokens (24,000 tokens) of KV cache,
+# which, not the 64 batch slots, limits how many requests run.
 SIMULATOR = {"ttftMs": 10, "prefillUsPerToken": 300, "prefillSerial": True, "tpotMs": 30,
-             "tpotUsPerRunningSeq": 2000, "maxNumSeqs": 8, "kvCacheBlocks": 1500,
+             "tpotUsPerRunningSeq": 2000, "maxNumSeqs": 64, "kvCacheBlocks": 1500,
              "kvBlockSize": 16}
-KUBEINFER = ("round-robin", "least-loaded", "prefix-affinity")
+KUBEINFER = ("round-robin", "least-loaded", "prefix-affinity", "prefix-score")
 VLLM_ROUTER = ("cache_aware", "consistent_hash", "power_of_two")
 
 
@@ -82,7 +86,7 @@ class Workers:
             p.wait(10)
 
 
-LOAD_FACTOR = {"value": 1.25}  # prefix-affinity's bound, --load-factor
+LOAD_FACTOR: dict[str, float | None] = {"value": None}  # --load-factor; None: the default
 
 
 def start_kubeinfer(strategy: str, backends: list[str], workdir: Path, tag: str) -> Any:
@@ -90,7 +94,7 @@ def start_kubeinfer(strategy: str, backends: list[str], workdir: Path, tag: str)
     routes = workdir / f"routes-{tag}.json"
     routes.write_text(json.dumps({
         "service": "bench", "model": "tiny", "strategy": strategy, "queueSize": 4096,
-        "loadFactor": LOAD_FACTOR["value"],
+        **({"loadFactor": LOAD_FACTOR["value"]} if LOAD_FACTOR["value"] else {}),
         "backends": [{"name": f"w{i}", "url": u, "revision": "r1"}
                      for i, u in enumerate(backends)],
     }))
@@ -129,9 +133,14 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
             started = [start_kubeinfer(strategy, workers.urls, workdir, f"{strategy}-{i}")
                        for i in range(int(copies or 1))]
             procs, urls = [p for p, _ in started], [u for _, u in started]
-        before = workers.counters()
-        results, wall = asyncio.run(wl.drive(urls, "tiny", wl.Workload(kind), rate, seconds))
+        # Counters from the end of the warm-up: caches start empty, and a
+        # cold start is not what routing is judged on.
+        warm: list[list[dict[str, float]]] = []
+        results, wall = asyncio.run(wl.drive(urls, "tiny", wl.Workload(kind), rate, seconds,
+                                             warmup=warmup,
+                                             on_warm=lambda: warm.append(workers.counters())))
         after = workers.counters()
+        before = warm[0] if warm else after
     finally:
         for p in procs:
             p.terminate()
@@ -172,15 +181,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", default="6,12,20", help="requests/s, light to beyond saturation")
-    p.add_argument("--control-rate", type=float, default=12.0)
-    p.add_argument("--seconds", type=float, default=20.0, help="arrivals per run")
+    p.add_argument("--rates", default="4,8,16", help="requests/s, light to beyond saturation")
+    p.add_argument("--control-rate", type=float, default=8.0, help="beyond saturation")
+    p.add_argument("--seconds", type=float, default=16.0, help="arrivals per run")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds not counted")
     p.add_argument("--quick", action="store_true", help="one rate, 8 s runs, fewer targets")
     p.add_argument("--targets", default=",".join([*KUBEINFER, "prefix-affinity x2",
+                                                  "prefix-score x2",
                                                   *(f"vllm-router:{v}" for v in VLLM_ROUTER)]))
     p.add_argument("--json", type=Path, help="write the raw results here")
-    p.add_argument("--load-factor", type=float, default=1.25, help="prefix-affinity's bound")
+    p.add_argument("--load-factor", type=float,
+                   help="prefix-affinity's and prefix-score's bound (default: the table's)")
     p.add_argument("--kinds", default="shared,control")
     p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
     a = p.parse_args()
@@ -199,7 +210,7 @@ def main() -> int:
         for rate in rates if "shared" in kinds else []:
             for t in targets:
                 rows.append(measure(t, "shared", rate, a.seconds, a.warmup, workdir))
-        for t in ("round-robin", "least-loaded", "prefix-affinity"):
+        for t in KUBEINFER:
             if t in targets and "control" in kinds:
                 rows.append(measure(t, "control", a.control_rate, a.seconds, a.warmup, workdir))
     print(table(rows))

@@ -101,7 +101,7 @@ class RoutingTable(ApiModel):
         ),
     ] = 0.0
     prefix_length: Annotated[int, Field(ge=1)] = 256
-    load_factor: Annotated[float, Field(ge=1.0)] = 1.25
+    load_factor: Annotated[float, Field(ge=1.0)] = 2.0
     stall_timeout_seconds: Annotated[
         float, Field(gt=0, description="In-flight but no bytes for this long: out of rotation.")
     ] = 30.0

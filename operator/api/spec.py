@@ -27,6 +27,7 @@ class Strategy(StrEnum):
     LEAST_LOADED = "least-loaded"
     WEIGHTED = "weighted"
     PREFIX_AFFINITY = "prefix-affinity"
+    PREFIX_SCORE = "prefix-score"  # llm-d-style scores: prefix match x 3, queue x 2, KV x 2
 
 
 class Placement(StrEnum):
@@ -420,7 +421,7 @@ class RoutingSpec(ApiModel):
 
     strategy: Annotated[
         Strategy,
-        Field(description="round-robin, least-loaded, weighted or prefix-affinity."),
+        Field(description="round-robin, least-loaded, weighted, prefix-affinity or prefix-score."),
     ] = Strategy.LEAST_LOADED
     retries: Annotated[
         int,
@@ -456,16 +457,20 @@ class RoutingSpec(ApiModel):
     ] = None
     prefix_length: Annotated[
         int,
-        Field(ge=1, le=65_536, description="prefix-affinity: prompt characters that are hashed."),
+        Field(
+            ge=1, le=65_536, description="prefix-affinity, prefix-score: characters of the key."
+        ),
     ] = 256
     load_factor: Annotated[
         float,
         Field(
             ge=1.0,
             le=10.0,
-            description="prefix-affinity: a worker takes at most this times the mean load.",
+            description=(
+                "prefix-affinity, prefix-score: a worker takes at most this times the mean load."
+            ),
         ),
-    ] = 1.25
+    ] = 2.0
     router_replicas: Annotated[int, Field(ge=0, le=64, description="Router pods.")] = 2
     router_processes: Annotated[
         int, Field(ge=1, le=64, description="Router processes per pod (SO_REUSEPORT).")

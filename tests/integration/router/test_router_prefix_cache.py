@@ -1,8 +1,11 @@
-"""Prefix affinity on real processes: a kubeinfer-router in front of simulated
-vLLM workers with the KV-cache model (loopback). On a shared-prefix workload
-the cache hit rate the workers report (vllm:prefix_cache_hits / queries) is
-far above round-robin's. Each worker's cache holds about one system prompt,
-so a worker that sees every prompt (round-robin) keeps evicting them."""
+"""Cache-aware routing on real processes: kubeinfer-router(s) in front of
+simulated vLLM workers with the KV-cache model (loopback). On a
+shared-prefix workload the cache hit rate the workers report
+(vllm:prefix_cache_hits / queries) is far above round-robin's, with one
+router and with two router processes taking turns (replicas must agree on
+where a prefix lives). Each worker's cache holds about one system prompt,
+so a worker that sees every prompt (round-robin) keeps evicting them, and
+so would workers that two disagreeing routers send the same prompt to."""
 
 from __future__ import annotations
 
@@ -28,14 +31,19 @@ SIMULATOR = {"ttftMs": 0, "tpotMs": 1, "maxNumSeqs": 8, "kvCacheBlocks": 80, "kv
 MODEL = {"name": "tiny", "source": "sim/tiny", "engineArgs": {"maxModelLen": 4096}}
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.terminate()
     for p in procs:
         p.wait(10)
+    procs.clear()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    stop(procs)
 
 
 def spawn(procs: list[subprocess.Popen[bytes]], *argv: str) -> None:
@@ -54,7 +62,8 @@ async def until_ok(session: aiohttp.ClientSession, url: str) -> None:
     await async_wait_for(ok, 20.0, interval=0.05, what=url)
 
 
-async def hit_rate(strategy: str, procs: list[subprocess.Popen[bytes]], tmp: Path) -> float:
+async def hit_rate(strategy: str, procs: list[subprocess.Popen[bytes]], tmp: Path,
+                   routers: int = 1) -> float:
     async with aiohttp.ClientSession() as session:
         workers = []
         for _ in range(WORKERS):
@@ -62,19 +71,22 @@ async def hit_rate(strategy: str, procs: list[subprocess.Popen[bytes]], tmp: Pat
             spawn(procs, "kubeinfer.worker.simulated", "--model-spec", json.dumps(MODEL),
                   "--simulator-spec", json.dumps(SIMULATOR), "--host", HOST, "--port", str(port))
             workers.append(f"http://{HOST}:{port}")
-        routes = tmp / f"routes-{strategy}.json"
+        routes = tmp / f"routes-{strategy}-{routers}.json"
         routes.write_text(json.dumps({
             "service": "svc", "model": "tiny", "strategy": strategy,
             "backends": [{"name": f"w{i}", "url": u, "revision": "r1"}
                          for i, u in enumerate(workers)],
         }))
-        port = free_port()
-        spawn(procs, "kubeinfer.router.main", "--config", str(routes), "--host", HOST,
-              "--port", str(port))
-        router = f"http://{HOST}:{port}"
+        urls = []
+        for _ in range(routers):
+            port = free_port()
+            spawn(procs, "kubeinfer.router.main", "--config", str(routes), "--host", HOST,
+                  "--port", str(port))
+            urls.append(f"http://{HOST}:{port}")
         for u in workers:
             await until_ok(session, u + "/health")
-        await until_ok(session, router + "/readyz")
+        for router in urls:
+            await until_ok(session, router + "/readyz")
         rng = random.Random(5)
         systems = [f"[prompt {i}] " + "".join(rng.choice("abcdefgh ") for _ in range(4000))
                    for i in range(PROMPTS)]
@@ -82,6 +94,7 @@ async def hit_rate(strategy: str, procs: list[subprocess.Popen[bytes]], tmp: Pat
             body = {"model": "tiny", "max_tokens": 2, "messages": [
                 {"role": "system", "content": rng.choice(systems)},
                 {"role": "user", "content": f"question {n}"}]}
+            router = urls[n % routers]
             async with session.post(router + "/v1/chat/completions", json=body) as r:
                 assert r.status == 200, await r.text()
                 await r.read()
@@ -94,14 +107,18 @@ async def hit_rate(strategy: str, procs: list[subprocess.Popen[bytes]], tmp: Pat
                     elif line.startswith("vllm:prefix_cache_queries_total{"):
                         queries += float(line.rsplit(" ", 1)[1])
         assert queries > 0
-        return hits / queries
+    stop(procs)  # before the next setup starts its own
+    return hits / queries
 
 
-async def test_prefix_affinity_hits_the_cache_far_more_than_round_robin(
+async def test_cache_aware_routing_hits_the_cache_far_more_than_round_robin(
     processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     rr = await hit_rate("round-robin", processes, tmp_path)
-    pa = await hit_rate("prefix-affinity", processes, tmp_path)
-    print(f"hit rate: round-robin {rr:.0%}, prefix-affinity {pa:.0%}")
-    assert pa > 2 * rr, (pa, rr)
-    assert pa > 0.5, (pa, rr)
+    rates = {(strategy, routers): await hit_rate(strategy, processes, tmp_path, routers)
+             for strategy in ("prefix-affinity", "prefix-score") for routers in (1, 2)}
+    print(f"hit rate: round-robin {rr:.0%}, "
+          + ", ".join(f"{s} x{n} {v:.0%}" for (s, n), v in rates.items()))
+    for (strategy, routers), rate in rates.items():
+        assert rate > 2 * rr, (strategy, routers, rate, rr)
+        assert rate > 0.5, (strategy, routers, rate, rr)

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 from kubeinfer.operator.api.routing import RoutingTable
-from kubeinfer.router.policies import KV_FULL, LeastLoaded, PrefixAffinity, stable_hash
+from kubeinfer.router.policies import (
+    KV_FULL,
+    LeastLoaded,
+    PrefixAffinity,
+    PrefixScore,
+    stable_hash,
+)
 from kubeinfer.router.pool import Pool
 
 KEYS = [stable_hash(f"user-{i}".encode()) for i in range(500)]
@@ -174,3 +180,107 @@ def test_keys_spread_evenly_over_the_ring() -> None:
     )
     assert len(counts) == 8
     assert min(counts.values()) > len(KEYS) / 8 * 0.5
+
+
+# prefix-score (llm-d-style weighted scores among a key's two ring homes):
+# rows of (backends, what this router last sent where: {name: blocks},
+# request blocks, expected choice). Two backends: both are the key's homes.
+P = (11, 12, 13, 14)
+SCORES = [
+    # Equal load and KV: the worker holding the whole prefix (3 points).
+    ([B("a"), B("b")], {"b": P}, P, "b"),
+    # Longer leading match wins over a shorter one.
+    ([B("a"), B("b")], {"a": P[:1], "b": P[:3]}, P, "b"),
+    # Blocks after a mismatch do not count: one leading block beats three later ones.
+    ([B("a"), B("b")], {"a": (99, *P[1:]), "b": P[:1]}, P, "b"),
+    # Equal prefix: fewer in flight + queued (queue score 2 vs 0).
+    ([B("a", in_flight=2), B("b", queue_depth=1)], {}, P, "b"),
+    # Equal prefix and load: the emptier KV cache.
+    ([B("a", kv_usage=0.7), B("b", kv_usage=0.1)], {}, P, "b"),
+    # The whole prefix (3) outweighs the busier queue (0 vs 2) at equal KV...
+    ([B("a", in_flight=2), B("b", in_flight=1)], {"a": P}, P, "a"),
+    # ... but not the busier queue and a nearly full cache (3 + 0 + 0.2 < 0 + 2 + 2).
+    ([B("a", in_flight=2, kv_usage=0.9), B("b", in_flight=1)], {"a": P}, P, "b"),
+    # At the load bound (1.25 x mean) a worker is out, whatever it holds.
+    ([B("a", in_flight=5), B("b")], {"a": P}, P, "b"),
+]
+
+
+@pytest.mark.parametrize(("backends", "sent", "blocks", "expected"), SCORES)
+def test_prefix_score_weighs_prefix_against_load(
+    backends: list[B], sent: dict[str, tuple[int, ...]], blocks: tuple[int, ...], expected: str,
+) -> None:
+    for start in range(len(backends)):  # whatever the tie rotation's starting point
+        policy = PrefixScore(load_factor=1.25)
+        policy._start = start
+        for name, prefix in sent.items():
+            policy._remember(name, prefix)
+        assert policy.choose(backends, None, blocks).name == expected
+
+
+def test_prefix_score_keeps_a_key_on_its_two_homes_across_replicas() -> None:
+    """Two router replicas with different histories and loads send a key only
+    to its two ring homes, so a prefix is cached on at most two workers."""
+    backends = [B(f"w{i}", in_flight=2) for i in range(8)]  # busy, under the bound
+    one, two = PrefixScore(), PrefixScore()
+    one.set_members([b.name for b in backends])
+    two.set_members([b.name for b in reversed(backends)])
+    for k in KEYS[:50]:
+        blocks = (k, k + 1)
+        homes = {h.name for h in one.homes(k, backends)}
+        assert len(homes) == 2
+        assert {h.name for h in two.homes(k, backends)} == homes
+        for step in range(3):
+            backends[step].in_flight = 3  # loads differ a little from pick to pick
+            assert one.choose(backends, k, blocks).name in homes
+            assert two.choose(backends, None, blocks).name in homes  # key = first block
+        for b in backends:
+            b.in_flight = 2
+    # Keys are spread: every worker is someone's home.
+    assert {h.name for k in KEYS for h in one.homes(k, backends)} == {b.name for b in backends}
+
+
+def test_prefix_score_spills_when_both_homes_are_at_the_bound() -> None:
+    backends = [B(f"w{i}") for i in range(4)]
+    policy = PrefixScore(load_factor=1.25)
+    key = KEYS[3]
+    homes = policy.homes(key, backends)
+    for h in homes:
+        policy._remember(h.name, (key,))  # both hold the prefix
+        h.in_flight = 6  # mean 3, bound ceil(1.25 x 13 / 4) = 5
+    assert policy.homes(key, backends) == []
+    for _ in range(4):  # a hot prefix: it spreads over the others, never back to the homes
+        chosen = policy.choose(backends, key, (key,))
+        assert chosen not in homes
+        assert chosen.in_flight < 5
+        chosen.in_flight += 1
+
+
+def test_prefix_score_keeps_a_prefix_where_it_sent_it_and_forgets_removed_workers() -> None:
+    policy = PrefixScore()
+    backends = [B(f"w{i}") for i in range(4)]
+    policy.set_members([b.name for b in backends])
+    prompts = [tuple(stable_hash(f"{p}-{j}".encode()) for j in range(8)) for p in range(6)]
+    first = [policy.choose(backends, None, p).name for p in prompts]
+    assert [policy.choose(backends, None, p).name for p in prompts] == first
+    policy.set_members([b.name for b in backends if b.name != first[0]])
+    assert policy.matched(first[0], prompts[0]) == 0
+    assert policy.matched(first[1], prompts[1]) == (8 if first[1] != first[0] else 0)
+
+
+def test_prefix_score_index_is_bounded_per_worker() -> None:
+    policy = PrefixScore(capacity=4)
+    policy._remember("a", (1, 2, 3))
+    policy._remember("a", (4, 5, 6))
+    assert policy.matched("a", (1, 2, 3)) == 0  # least recently sent went first
+    assert policy.matched("a", (3, 4, 5, 6)) == 4
+
+
+def test_prefix_affinity_keeps_the_key_when_every_kv_cache_is_full() -> None:
+    # At saturation every worker's cache is full (vLLM admits until the blocks
+    # run out): the key stays with its ring owner instead of being scattered.
+    backends = [B(f"b{i}", kv_usage=0.99) for i in range(4)]
+    policy = PrefixAffinity()
+    owner = policy.owner(KEYS[2], backends)
+    assert owner is not None
+    assert {policy.choose(backends, KEYS[2]).name for _ in range(4)} == {owner.name}

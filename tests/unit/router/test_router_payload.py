@@ -6,7 +6,13 @@ import json
 
 import pytest
 from kubeinfer.router.config import TableError, parse_table
-from kubeinfer.router.payload import BadRequestError, affinity_key, parse_inference
+from kubeinfer.router.payload import (
+    MAX_BLOCKS,
+    BadRequestError,
+    affinity_key,
+    parse_inference,
+    prefix_blocks,
+)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +85,44 @@ def test_chat_prefix_uses_message_text_in_order() -> None:
 
 def test_no_prompt_text_means_no_key() -> None:
     assert key({"model": "m", "prompt": ""}) is None
+
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "shared"),
+    [
+        ("x" * 1024, "x" * 1024, 4),  # same prompt: every full block
+        ("x" * 1024, "x" * 600 + "y" * 424, 2),  # differs in block 3: two shared
+        ("y" + "x" * 1023, "x" * 1024, 0),  # block 1 differs: so does every later one
+        ("x" * 1023, "x" * 1024, 3),  # a partial block has no hash
+        ("x" * 100, "x" * 100, 0),  # shorter than a block: nothing to match
+    ],
+)
+def test_prefix_blocks_are_chained(a: str, b: str, shared: int) -> None:
+    ba = prefix_blocks(parse_inference(json.dumps({"model": "m", "prompt": a}).encode(),
+                                       chat=False))
+    bb = prefix_blocks(parse_inference(json.dumps({"model": "m", "prompt": b}).encode(),
+                                       chat=False))
+    common = 0
+    while common < min(len(ba), len(bb)) and ba[common] == bb[common]:
+        common += 1
+    assert common == shared
+
+
+def test_prefix_blocks_of_a_chat_follow_its_turns_and_are_capped() -> None:
+    system = {"role": "system", "content": "s" * 600}
+    turn1 = [system, {"role": "user", "content": "q" * 300}]
+    turn2 = [*turn1, {"role": "assistant", "content": "a" * 300},
+             {"role": "user", "content": "r" * 300}]
+    b1 = prefix_blocks(parse_inference(json.dumps({"model": "m", "messages": turn1}).encode(),
+                                       chat=True))
+    b2 = prefix_blocks(parse_inference(json.dumps({"model": "m", "messages": turn2}).encode(),
+                                       chat=True))
+    assert len(b1) == 3
+    assert b2[:3] == b1
+    huge = parse_inference(json.dumps({"model": "m", "prompt": "z" * 200_000}).encode(),
+                           chat=False)
+    assert len(prefix_blocks(huge)) == MAX_BLOCKS
 
 
 @pytest.mark.parametrize(

@@ -150,3 +150,42 @@ def test_concurrent_requests_share_blocks() -> None:
 def test_rejects_nonsense_sizes(capacity: int, block_size: int) -> None:
     with pytest.raises(ValueError, match="capacity_blocks"):
         PrefixCache(capacity, block_size)
+
+
+# (capacity, prompt held by a running request or None, prompt released earlier or None,
+#  new prompt, its total tokens, fits)
+FITS = [
+    # Empty cache: 3 blocks (2 prompt + 1 for output) in 4.
+    (4, None, None, "a b c d e f g h", 12, True),
+    # Exactly full.
+    (3, None, None, "a b c d e f g h", 12, True),
+    # One block too many.
+    (2, None, None, "a b c d e f g h", 12, False),
+    # A running request holds 3 of 4 blocks; an unrelated 2-block request waits.
+    (4, "z y x w v u t s", None, "a b c d e f g h", 8, False),
+    # ... but one sharing the running request's prefix needs no new prompt block.
+    (4, "a b c d e f g h", None, "a b c d e f g h", 12, True),
+    # Released (evictable) blocks are room: they can be evicted.
+    (4, None, "z y x w v u t s", "a b c d e f g h", 12, True),
+    # Reusing an evictable block pins it: it is not room for the rest as well.
+    (3, None, "a b c d", "a b c d e f g h q", 16, False),
+    (4, None, "a b c d", "a b c d e f g h q", 16, True),
+]
+
+
+@pytest.mark.parametrize(("capacity", "running", "released", "prompt", "total", "fits"), FITS)
+def test_fits_counts_shared_free_and_pinned_blocks(
+    capacity: int, running: str | None, released: str | None, prompt: str, total: int,
+    fits: bool,
+) -> None:
+    cache = PrefixCache(capacity, BS)
+    if released:
+        cache.release(cache.allocate(blocks(released), len(released.split()),
+                                     len(released.split())))
+    if running:
+        cache.allocate(blocks(running), len(running.split()), len(running.split()) + 4)
+    assert cache.fits(blocks(prompt), total) is fits
+    if fits:  # and allocating it then stays within capacity
+        alloc = cache.allocate(blocks(prompt), len(prompt.split()), total)
+        assert cache.used_blocks <= capacity
+        assert alloc.private == max(cache.blocks_for(total) - len(blocks(prompt)), 0)

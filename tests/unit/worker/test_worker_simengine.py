@@ -217,3 +217,23 @@ async def test_client_disconnect_frees_the_slot(make_sim: Make) -> None:
         async with session.post(url, json=payload) as response:
             await response.content.readline()
     await until(lambda: sim.engine.running == 0)
+
+
+async def test_kv_cache_capacity_limits_admission(make_sim: Make) -> None:
+    # 8 blocks of 16 tokens; each request needs 6 (80-token prompt + 16 output tokens)
+    # and the prompts differ: one runs at a time although there are 8 slots.
+    sim = await make_sim(max_model_len=512, tpotMs=20, maxNumSeqs=8, kvCacheBlocks=8)
+    prompts = [f"{i}" * 320 for i in range(3)]
+    requests = [asyncio.create_task(sim.complete(p, max_tokens=16)) for p in prompts]
+    await until(lambda: sim.engine.running == 1 and sim.engine.waiting == 2)
+    assert sim.engine.kv_usage() == pytest.approx(6 / 8)
+    text = await (await sim.client.get("/metrics")).text()
+    assert 'vllm:num_requests_waiting{engine="0",model_name="tiny"} 2.0' in text
+    assert all(status == 200 for status, _ in await asyncio.gather(*requests))
+    # The same prompt three times shares its 5 prompt blocks: all three run at once.
+    same = [asyncio.create_task(sim.complete(prompts[0] + "x", max_tokens=8))
+            for _ in range(3)]
+    await until(lambda: sim.engine.running == 3)
+    assert sim.engine.waiting == 0
+    assert all(status == 200 for status, _ in await asyncio.gather(*same))
+    assert (sim.engine.running, sim.engine.waiting, sim.engine.cache.used_blocks) == (0, 0, 0)

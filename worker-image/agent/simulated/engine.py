@@ -4,9 +4,13 @@ A request waits for one of `max_num_seqs` batch slots (FIFO), then takes
 `ttft + uncached prompt tokens x prefill_per_token` to its first token and
 `tpot (+ per running sequence)` per further token, like a continuously
 batched GPU where each sequence advances one token per step. With
-`kvCacheBlocks` the prompt's cached prefix (kvcache.py) costs no prefill;
-with `prefillSerial` prefills queue behind each other as on a compute-bound
-GPU, which is what makes cache hits matter under load. Waiting is a timer per request (a single one
+`kvCacheBlocks` the prompt's cached prefix (kvcache.py) costs no prefill,
+and a request is admitted only when the KV cache can hold it (prompt and
+output, cached prefix blocks shared), as vLLM's scheduler admits by free
+blocks: KV capacity, not only the slots, limits how many requests run.
+With `prefillSerial` prefills queue behind each other as on a
+compute-bound GPU, which is what makes cache hits matter under load.
+Waiting is a timer per request (a single one
 for a non-streaming answer), so the model costs no CPU per token beyond
 writing streamed chunks.
 
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kubeinfer.operator.api import ModelSpec, SimulatorSpec
@@ -47,6 +51,20 @@ class Request:
         self.waiter: asyncio.Future[None] | None = None
         self.kv_tokens = 0
         self.alloc: Allocation | None = None
+
+
+class _Waiting:
+    """A request waiting for admission, and what it needs."""
+
+    __slots__ = ("future", "hashes", "kv_tokens", "prompt_tokens", "request")
+
+    def __init__(self, request: Request, kv_tokens: int, hashes: Sequence[bytes],
+                 prompt_tokens: int) -> None:
+        self.request = request
+        self.kv_tokens = kv_tokens
+        self.hashes = hashes
+        self.prompt_tokens = prompt_tokens
+        self.future: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ class SimulatedEngine:
         self._on_crash = on_crash
         self._loop = asyncio.get_running_loop()
         self.running = 0
-        self._queue: deque[tuple[Request, asyncio.Future[None]]] = deque()
+        self._queue: deque[_Waiting] = deque()
         self._active: set[Request] = set()
         self._hang_waiters: list[asyncio.Future[None]] = []
         self._idle_waiter: asyncio.Future[None] | None = None
@@ -181,9 +199,9 @@ class SimulatedEngine:
             waiter = request.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_exception(RequestAbortedError(reason))
-        for _request, future in self._queue:
-            if not future.done():
-                future.set_exception(RequestAbortedError(reason))
+        for entry in self._queue:
+            if entry.future is not None and not entry.future.done():
+                entry.future.set_exception(RequestAbortedError(reason))
 
     # --- a request's life -------------------------------------------------------
 
@@ -208,45 +226,59 @@ class SimulatedEngine:
     def active_requests(self) -> int:
         return len(self._active)
 
-    async def acquire_slot(self, request: Request, kv_tokens: int) -> None:
-        """Wait (FIFO) for a batch slot. Raises RequestAbortedError."""
+    async def acquire_slot(self, request: Request, kv_tokens: int,
+                           hashes: Sequence[bytes] = (), prompt_tokens: int = 0) -> int:
+        """Wait (FIFO) until a batch slot is free and, with the cache model, the
+        KV cache can hold the request (``kv_tokens``: prompt + output); then
+        take its blocks. Returns its cached prompt tokens (0 without the cache
+        model). Raises RequestAbortedError.
+
+        As in vLLM's scheduler, a head of the queue that does not fit holds
+        back the requests behind it, and a request waits rather than take
+        blocks that running requests hold; a request bigger than the whole
+        cache is admitted alone (over capacity) rather than never.
+        """
         if self.dead:
             raise RequestAbortedError("dead")
-        if self.running < self.max_num_seqs and not self._queue:
-            self.running += 1
+        entry = _Waiting(request, kv_tokens, hashes, prompt_tokens)
+        if self.running < self.max_num_seqs and not self._queue and self._fits(entry):
+            self._admit(entry)
         else:
             future: asyncio.Future[None] = self._loop.create_future()
-            entry = (request, future)
+            entry.future = future
             self._queue.append(entry)
             request.waiter = future
             try:
                 await future
             except BaseException:
                 if future.done() and not future.cancelled() and future.exception() is None:
-                    self._release()  # the slot was handed over just before
+                    self.release_slot(request)  # admitted just before
                 else:
                     self._remove_waiter(entry)
                 raise
-        request.kv_tokens = kv_tokens
-        self.kv_tokens += kv_tokens
+        return request.alloc.hit_tokens if request.alloc is not None else 0
+
+    def _fits(self, entry: "_Waiting") -> bool:
+        if self.cache is None or self.running == 0:
+            return True
+        return self.cache.fits(entry.hashes, entry.kv_tokens)
+
+    def _admit(self, entry: "_Waiting") -> None:
+        request = entry.request
+        self.running += 1
+        request.kv_tokens = entry.kv_tokens
+        self.kv_tokens += entry.kv_tokens
+        self.metrics.prefix_queries += entry.prompt_tokens
+        if self.cache is not None:
+            alloc = self.cache.allocate(entry.hashes, entry.prompt_tokens, entry.kv_tokens)
+            request.alloc = alloc
+            self.metrics.prefix_hits += alloc.hit_tokens
         self._update_busy()
 
-    def _remove_waiter(self, entry: tuple[Request, "asyncio.Future[None]"]) -> None:
+    def _remove_waiter(self, entry: "_Waiting") -> None:
         with contextlib.suppress(ValueError):
             self._queue.remove(entry)
-
-    def admit_prompt(self, request: Request, hashes: list[bytes], prompt_tokens: int,
-                     total_tokens: int) -> int:
-        """Take the request's KV blocks (after `acquire_slot`); returns its
-        cached prompt tokens (0 without the cache model)."""
-        if self.cache is None:
-            self.metrics.prefix_queries += prompt_tokens
-            return 0
-        alloc = self.cache.allocate(hashes, prompt_tokens, total_tokens)
-        request.alloc = alloc
-        self.metrics.prefix_queries += prompt_tokens
-        self.metrics.prefix_hits += alloc.hit_tokens
-        return alloc.hit_tokens
+        self._admit_waiting()  # it may have been the head that held others back
 
     def prefill_delay(self, uncached_tokens: int) -> float:
         """Seconds from now to the first token of a request just admitted."""
@@ -268,16 +300,25 @@ class SimulatedEngine:
         if request.alloc is not None and self.cache is not None:
             self.cache.release(request.alloc)
             request.alloc = None
-        self._release()
-
-    def _release(self) -> None:
-        while self._queue:
-            _request, future = self._queue.popleft()
-            if not future.done():
-                future.set_result(None)  # the slot passes on; `running` stays
-                return
         self.running -= 1
+        self._admit_waiting()
         self._update_busy()
+
+    def _admit_waiting(self) -> None:
+        """Admit waiting requests in order while slots and KV blocks last."""
+        queue = self._queue
+        while queue and self.running < self.max_num_seqs:
+            head = queue[0]
+            future = head.future
+            assert future is not None
+            if future.done():  # aborted while waiting
+                queue.popleft()
+                continue
+            if not self._fits(head):
+                return
+            queue.popleft()
+            self._admit(head)
+            future.set_result(None)
 
     async def sleep(self, request: Request, delay: float) -> None:
         """An abortable timer. Raises RequestAbortedError."""

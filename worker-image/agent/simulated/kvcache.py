@@ -115,6 +115,23 @@ class PrefixCache:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
+    def fits(self, hashes: Sequence[bytes], total_tokens: int) -> bool:
+        """Whether `allocate` could take every block this request needs without
+        going over capacity: cached blocks are shared (pinning an evictable one
+        takes it out of what can be evicted), the others need a free or
+        evictable block. vLLM's scheduler admits a waiting request only when
+        this holds (otherwise it stays waiting, head of line)."""
+        needed = max(self.blocks_for(total_tokens) - len(hashes), 0)
+        pin_free = 0
+        for block in hashes:
+            if block in self._refs:
+                continue
+            if block in self._free:
+                pin_free += 1
+            else:
+                needed += 1
+        return needed <= self.capacity - len(self._refs) - self._private - pin_free
+
     # -- a request's life --------------------------------------------------
 
     def allocate(

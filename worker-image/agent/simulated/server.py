@@ -272,11 +272,10 @@ class EngineServer:
     async def _complete(self, job: "Job", tracked: Any) -> web.StreamResponse:
         engine = self.engine
         try:
-            await engine.acquire_slot(tracked, job.prompt_tokens + job.output_tokens)
+            hit = await engine.acquire_slot(tracked, job.prompt_tokens + job.output_tokens,
+                                            job.blocks, job.prompt_tokens)
             admitted = self._loop.time()
             try:
-                total = job.prompt_tokens + job.output_tokens
-                hit = engine.admit_prompt(tracked, job.blocks, job.prompt_tokens, total)
                 prefill = engine.prefill_delay(job.prompt_tokens - hit)
                 tpot = engine.tpot()
                 await engine.sleep(tracked, prefill + (job.output_tokens - 1) * tpot)
@@ -310,11 +309,10 @@ class EngineServer:
         count = job.output_tokens
         sent = 0
         try:
-            await engine.acquire_slot(tracked, job.prompt_tokens + count)
+            hit = await engine.acquire_slot(tracked, job.prompt_tokens + count, job.blocks,
+                                            job.prompt_tokens)
             admitted = loop.time()
             try:
-                hit = engine.admit_prompt(tracked, job.blocks, job.prompt_tokens,
-                                          job.prompt_tokens + count)
                 tpot = engine.tpot()
                 first_due = admitted + engine.prefill_delay(job.prompt_tokens - hit)
                 first = last = first_due
