@@ -65,8 +65,9 @@ vllm-build: install
 prereqs: install
 	$(MAKE) -j2 cluster-build vllm-build
 
-# Debian's prometheus package (prometheus + promtool) for the monitoring
-# tests and the demo's picture. Its service is never started: policy-rc.d
+# Debian's prometheus package, for its promtool (rule checks and rule unit
+# tests). The Prometheus server of the e2e test and the demo is built with the
+# cluster binaries (Debian's has no Kubernetes service discovery). Its service is never started: policy-rc.d
 # answers 101 while apt-get runs, and tests run the binary on loopback.
 prometheus:
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
@@ -85,7 +86,7 @@ pytest: install prereqs prometheus
 
 test: lint typecheck pytest
 
-demo: cluster-build prometheus
+demo: cluster-build
 	$(BIN)/kubeinfer demo
 
 clean:

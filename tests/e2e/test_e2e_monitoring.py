@@ -1,6 +1,7 @@
-"""End to end: a real Prometheus (Debian's) scrapes the local cluster's
-operator, router and worker pods through Kubernetes service discovery,
-with the chart's scrape configuration, rules and dashboards.
+"""End to end: a real Prometheus scrapes the local cluster's operator,
+router and worker pods through Kubernetes service discovery against the
+local API server, with the chart's scrape configuration, rules and
+dashboards.
 
 The operator runs as a pod, installed by the chart (`helm install`); the
 session's operator process is stopped meanwhile, so that one operator acts
@@ -8,10 +9,11 @@ on the InferenceService. (Not `operator.watchNamespaces`: with it, kopf
 first retries listing namespaces, which the least-privilege ClusterRole
 does not grant, for about 55 s.)
 
-Debian's Prometheus is built without `kubernetes_sd_configs`, so the pods
-are discovered by `kubeinfer.localcluster.podsd` (the API server's pod list
-with the labels Prometheus' `role: pod` discovery gives) over HTTP SD; the
-chart's relabelings then run in Prometheus unchanged. Prometheus scrapes
+Prometheus is upstream's, built with the cluster binaries (Debian's 2.42
+has no Kubernetes SD; its promtool checks the rules in tests/unit). It
+discovers the pods with `kubernetes_sd_configs` (role: pod, the test's
+namespace only) as a ServiceAccount that may only list and watch pods
+there, and relabels them with the chart's rules unchanged. It scrapes
 every second and evaluates the shipped rules every second; a test-only
 override shortens one `for` (15 min in production) so that a killed worker
 fires its alert within the test.
@@ -25,8 +27,10 @@ data.
 
 import asyncio
 import json
+import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +38,9 @@ from typing import Any
 
 import pytest
 from kubeinfer.localcluster.build import HELM, BuildError, ensure_target
+from kubeinfer.localcluster.certs import pki_paths
 from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.localcluster.components import Layout
 from kubeinfer.localcluster.failures import kill_pod
 from kubeinfer.localcluster.operatorproc import (
     OperatorProcess,
@@ -45,15 +51,17 @@ from kubeinfer.localcluster.operatorproc import (
     wait_condition,
     worker_pods,
 )
-from kubeinfer.localcluster.podsd import serve_pod_targets
-from kubeinfer.localcluster.prometheus import PrometheusMissingError, PrometheusServer
+from kubeinfer.localcluster.prometheus import (
+    SD_TOKEN_FILE,
+    PrometheusServer,
+    kubernetes_prometheus,
+)
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for, wait_for
 from kubeinfer.operator.monitoring.alerts import ALERTS, rules_file
 from kubeinfer.operator.monitoring.dashboards import DASHBOARDS
 from kubeinfer.operator.monitoring.promql import exposed_names, metric_names, substitute
-from kubeinfer.operator.monitoring.scrape import scrape_config
 
 pytestmark = pytest.mark.cluster
 
@@ -65,17 +73,6 @@ FOR_OVERRIDES = {"KubeinferWorkersNotReady": "0s"}
 # Grafana's $__rate_interval for a 1 s scrape interval would be 4 s; a
 # longer window keeps rates non-empty between bursts of the test's load.
 RATE_WINDOW = "20s"
-
-
-def prometheus_config(pod_sd_url: str) -> dict[str, Any]:
-    """The chart's plain scrape config, with pods discovered over HTTP SD."""
-    (job,) = scrape_config(interval="1s")
-    assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
-    job["http_sd_configs"] = [{"url": pod_sd_url, "refresh_interval": "1s"}]
-    return {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [job],
-    }
 
 
 @pytest.fixture
@@ -111,23 +108,31 @@ def operator_pod(
 
 
 @pytest.fixture
-def prometheus(kube: KubeClient, namespace: str) -> Iterator[PrometheusServer]:
-    def pods() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
-        return items
+def ca_file(local_cluster: ClusterState) -> Path:
+    return pki_paths(Layout(Path(local_cluster.root)).pki).ca.cert
 
-    with serve_pod_targets(pods) as url:
-        server = PrometheusServer(
-            prometheus_config(url), rules={"kubeinfer-rules.yaml": rules_file(FOR_OVERRIDES)}
-        )
-        try:
-            server.start()
-        except PrometheusMissingError as error:
-            pytest.fail(str(error))
-        try:
+
+@pytest.fixture
+def prometheus(kube: KubeClient, namespace: str, ca_file: Path) -> Iterator[PrometheusServer]:
+    rules = {"kubeinfer-rules.yaml": rules_file(FOR_OVERRIDES)}
+    try:
+        with kubernetes_prometheus(kube, ca_file, [namespace], rules) as server:
             yield server
-        finally:
-            server.stop()
+    except BuildError as error:
+        pytest.fail(f"cannot build prometheus: {error}")
+
+
+def status_as(server: str, ca_file: Path, token: str, method: str, path: str) -> int:
+    """The API server's answer to ``token``'s request (no body)."""
+    request = urllib.request.Request(
+        server + path, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def firing(alert: str) -> str:
@@ -177,6 +182,7 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
     kube: KubeClient,
     namespace: str,
     local_cluster: ClusterState,
+    ca_file: Path,
     operator_pod: None,
     prometheus: PrometheusServer,
 ) -> None:
@@ -205,6 +211,22 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
         assert labels["pod"]
         if labels["app_kubernetes_io_component"] != "operator":
             assert labels["kubeinfer_io_service"] == NAME
+
+    # Prometheus' credentials list and watch this namespace's pods, nothing else.
+    token = (prometheus.workdir / SD_TOKEN_FILE).read_text()
+    pod = targets[0]["labels"]["pod"]
+    for method, path, expected in [
+        ("GET", f"/api/v1/namespaces/{namespace}/pods", 200),
+        ("GET", f"/api/v1/namespaces/{namespace}/pods?watch=1&timeoutSeconds=1", 200),
+        ("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}", 403),
+        ("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod}", 403),
+        ("GET", f"/api/v1/namespaces/{namespace}/secrets", 403),
+        ("GET", "/api/v1/pods", 403),
+        ("GET", "/api/v1/namespaces/default/pods", 403),
+        ("GET", "/api/v1/nodes", 403),
+    ]:
+        got = status_as(kube.server, ca_file, token, method, path)
+        assert got == expected, f"{method} {path} as Prometheus: {got}, expected {expected}"
 
     # Every name the dashboards and alerts read is on a live page.
     live = live_names(prometheus)

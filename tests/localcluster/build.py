@@ -27,6 +27,8 @@ KUBERNETES_VERSION = "v1.36.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+# Prometheus v3.16.0: its Go module numbers v3.x releases v0.3xx.y.
+PROMETHEUS_VERSION = "v3.16.0"
 
 Progress = Callable[[str], None]
 
@@ -51,6 +53,7 @@ class GoTarget:
     binaries: tuple[Binary, ...]
     ldflags: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
     @property
     def module_dir(self) -> Path:
@@ -94,8 +97,23 @@ HELM = GoTarget(
     ldflags=(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
 )
 
+# Debian's `prometheus` (2.42) has no Kubernetes service discovery; the
+# monitoring tests and the demo need `kubernetes_sd_configs`, so they run this
+# build. Only the Kubernetes SD plugin (Prometheus' own build tags), and no web
+# UI assets (those need npm): the HTTP API is all the tests use.
+PROMETHEUS = GoTarget(
+    module="prometheus",
+    binaries=(Binary("prometheus", "github.com/prometheus/prometheus/cmd/prometheus"),),
+    ldflags=(
+        f"-X github.com/prometheus/common/version.Version={PROMETHEUS_VERSION.lstrip('v')}",
+        "-X github.com/prometheus/common/version.Branch=HEAD",
+        "-X github.com/prometheus/common/version.BuildDate=19700101-00:00:00",
+    ),
+    tags=("remove_all_sd", "enable_kubernetes_sd"),
+)
+
 # Smallest first: a broken toolchain shows up within a minute.
-ALL_TARGETS: tuple[GoTarget, ...] = (ETCD, KWOK, KUBE, HELM)
+ALL_TARGETS: tuple[GoTarget, ...] = (ETCD, KWOK, KUBE, HELM, PROMETHEUS)
 # What `cluster up` needs (helm is for users and the chart tests).
 CLUSTER_TARGETS: tuple[GoTarget, ...] = (ETCD, KWOK, KUBE)
 
@@ -125,6 +143,10 @@ def _ldflags(target: GoTarget) -> str:
     return " ".join(("-s", "-w", *target.ldflags))
 
 
+def _tag_args(target: GoTarget) -> list[str]:
+    return ["-tags", ",".join(target.tags)] if target.tags else []
+
+
 def target_hash(target: GoTarget, go_version: str) -> str:
     """A short hash of everything that decides the target's binaries."""
     digest = hashlib.sha256()
@@ -133,6 +155,7 @@ def target_hash(target: GoTarget, go_version: str) -> str:
     for binary in target.binaries:
         digest.update(f"{binary.name}={binary.package}\n".encode())
     digest.update(_ldflags(target).encode())
+    digest.update(",".join(target.tags).encode())
     digest.update(go_version.encode())
     return digest.hexdigest()[:12]
 
@@ -159,7 +182,7 @@ def locked(path: Path) -> Iterator[None]:
 
 def _count_packages(go: str, target: GoTarget, env: dict[str, str]) -> int:
     listed = subprocess.run(
-        [go, "list", "-deps", *(binary.package for binary in target.binaries)],
+        [go, "list", "-deps", *_tag_args(target), *(binary.package for binary in target.binaries)],
         cwd=target.module_dir,
         env=env,
         capture_output=True,
@@ -178,7 +201,7 @@ def _run_go_build(go: str, target: GoTarget, staging: Path, progress: Progress) 
         # directory names a `/v3` package "server"; explicit outputs are clearer.
         # Packages already compiled for an earlier binary come from GOCACHE.
         command = [
-            go, "build", "-p", "2", "-trimpath", "-v",
+            go, "build", "-p", "2", "-trimpath", "-v", *_tag_args(target),
             "-ldflags", _ldflags(target), "-o", str(staging / binary.name), binary.package,
         ]  # fmt: skip
         compiled = 0

@@ -35,7 +35,9 @@ from typing import Any
 import yaml
 from kubeinfer.localcluster import controlplane
 from kubeinfer.localcluster.build import ensure_all
+from kubeinfer.localcluster.certs import pki_paths
 from kubeinfer.localcluster.client import KubeClient
+from kubeinfer.localcluster.components import Layout
 from kubeinfer.localcluster.demoplot import DemoMonitor, demo_monitor
 from kubeinfer.localcluster.failures import admin_client, kill_pod
 from kubeinfer.localcluster.state import ClusterState
@@ -238,7 +240,8 @@ def run(keep: bool, plot: Path = PLOT) -> int:
             "wait", "-n", NAMESPACE, "--for=condition=Ready", "--timeout=120s", f"infsvc/{NAME}"
         )
         show(kube, "get", "infsvc", "-n", NAMESPACE)
-        with demo_monitor(kube, [NAMESPACE, "kubeinfer-system"], NAME, say) as monitor:
+        ca_file = pki_paths(Layout(root).pki).ca.cert
+        with demo_monitor(kube, ca_file, [NAMESPACE, "kubeinfer-system"], NAME, say) as monitor:
             try:
                 load = asyncio.run(scenario(kube, state, monitor))
             finally:

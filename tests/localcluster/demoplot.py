@@ -1,8 +1,9 @@
 """The picture at the end of `make demo`: what a real Prometheus saw.
 
-`DemoMonitor` runs Debian's Prometheus on loopback, scraping the demo's
-router, worker and operator pods every second with the chart's scrape
-configuration (pods discovered by `podsd`), and notes the demo's moments
+`DemoMonitor` runs Prometheus (built with the cluster binaries) on loopback,
+scraping the demo's router, worker and operator pods every second with the
+chart's scrape configuration (pods found by `kubernetes_sd_configs` against
+the demo's API server), and notes the demo's moments
 (kill, rollback, promotion). `plot()` asks Prometheus for the dashboards'
 own queries over the run and draws requests/s, 5xx error rate, p99
 latency, canary weight and ready replicas into one PNG.
@@ -15,15 +16,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kubeinfer.localcluster.client import KubeClient
-from kubeinfer.localcluster.podsd import serve_pod_targets
-from kubeinfer.localcluster.prometheus import PrometheusServer
+from kubeinfer.localcluster.prometheus import PrometheusServer, kubernetes_prometheus
 from kubeinfer.localcluster.waiting import wait_for
 from kubeinfer.operator.monitoring.dashboards import FLEET, SERVICE, Dashboard
 from kubeinfer.operator.monitoring.promql import substitute
-from kubeinfer.operator.monitoring.scrape import scrape_config
 
 RATE = "10s"
 # (dashboard, panel title, query indexes, y label, scale)
@@ -96,34 +94,23 @@ class DemoMonitor:
 
 @contextmanager
 def demo_monitor(
-    kube: KubeClient, namespaces: list[str], service: str, say: Callable[[str], None]
+    kube: KubeClient,
+    ca_file: Path,
+    namespaces: list[str],
+    service: str,
+    say: Callable[[str], None],
 ) -> Iterator[DemoMonitor]:
     """Prometheus scraping ``namespaces`` (first: the InferenceService's) for the run."""
+    with kubernetes_prometheus(kube, ca_file, namespaces) as server:
+        say(f"Prometheus {server.url} scrapes the demo's pods every second (Kubernetes SD)")
 
-    def pods() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        for namespace in namespaces:
-            items += kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
-        return items
+        def scraped() -> bool:
+            up = {
+                t["labels"].get("app_kubernetes_io_component")
+                for t in server.targets()
+                if t["health"] == "up"
+            }
+            return up >= COMPONENTS
 
-    (job,) = scrape_config(interval="1s")
-    with serve_pod_targets(pods) as url:
-        del job["kubernetes_sd_configs"]  # Debian's Prometheus has no Kubernetes SD
-        job["http_sd_configs"] = [{"url": url, "refresh_interval": "1s"}]
-        config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [job]}
-        server = PrometheusServer(config).start()
-        say(f"Prometheus {server.url} scrapes the demo's pods every second")
-        try:
-
-            def scraped() -> bool:
-                up = {
-                    t["labels"].get("app_kubernetes_io_component")
-                    for t in server.targets()
-                    if t["health"] == "up"
-                }
-                return up >= COMPONENTS
-
-            wait_for(scraped, 60, interval=0.5, what="Prometheus to scrape the demo's pods")
-            yield DemoMonitor(server, namespaces[0], service)
-        finally:
-            server.stop()
+        wait_for(scraped, 60, interval=0.5, what="Prometheus to scrape the demo's pods")
+        yield DemoMonitor(server, namespaces[0], service)
