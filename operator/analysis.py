@@ -71,7 +71,8 @@ class RouterStats:
         return self.revisions.get(revision or "", RevisionCounters())
 
 
-def _worst(a: float | None, b: float | None) -> float | None:
+def worst(a: float | None, b: float | None) -> float | None:
+    """The larger of two optional figures (percentiles of several routers)."""
     values = [v for v in (a, b) if v is not None]
     return max(values) if values else None
 
@@ -96,9 +97,9 @@ def parse_router_stats(documents: Sequence[DebugBackends]) -> RouterStats:
             revisions[name] = RevisionCounters(
                 requests=old.requests + rev.requests,
                 errors=old.errors + rev.errors,
-                p99_latency_ms=_worst(old.p99_latency_ms, window.p99_latency_ms),
-                p99_ttft_ms=_worst(old.p99_ttft_ms, window.p99_ttft_ms),
-                p90_ttft_ms=_worst(old.p90_ttft_ms, window.p90_ttft_ms),
+                p99_latency_ms=worst(old.p99_latency_ms, window.p99_latency_ms),
+                p99_ttft_ms=worst(old.p99_ttft_ms, window.p99_ttft_ms),
+                p90_ttft_ms=worst(old.p90_ttft_ms, window.p90_ttft_ms),
                 window_requests=old.window_requests + window.requests,
             )
         for backend in doc.backends:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from kubeinfer.operator.analysis import worst
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.debugbackends import DebugBackends
 from kubeinfer.operator.api.status import InferenceServiceStatus
@@ -95,11 +96,6 @@ class WorkerRow:
         }
 
 
-def _worst(a: float | None, b: float | None) -> float | None:
-    values = [v for v in (a, b) if v is not None]
-    return max(values) if values else None
-
-
 def revision_weights(status: InferenceServiceStatus) -> dict[str, int]:
     canary = status.canary_weight if status.canary_revision else 0
     weights = {status.stable_revision or "": 100 - canary}
@@ -134,10 +130,10 @@ def merge_routers(
             row.requests += window.requests
             row.total += b.requests
             row.window_seconds = max(row.window_seconds, window.seconds)
-            row.p50_ms = _worst(row.p50_ms, window.p50_latency_ms)
-            row.p99_ms = _worst(row.p99_ms, window.p99_latency_ms)
-            row.ttft_p50_ms = _worst(row.ttft_p50_ms, window.p50_ttft_ms)
-            row.oldest_s = _worst(row.oldest_s, b.oldest_running_seconds)
+            row.p50_ms = worst(row.p50_ms, window.p50_latency_ms)
+            row.p99_ms = worst(row.p99_ms, window.p99_latency_ms)
+            row.ttft_p50_ms = worst(row.ttft_p50_ms, window.p50_ttft_ms)
+            row.oldest_s = worst(row.oldest_s, b.oldest_running_seconds)
             gpu = b.gpu
             if gpu is not None and row.gpu_total_mib is None:
                 row.gpu_util = gpu.utilization_percent
