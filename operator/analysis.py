@@ -9,7 +9,7 @@ is slow behind one router is slow).
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kubeinfer.operator.api.debugbackends import DebugBackends, GpuReport
+from kubeinfer.operator.api.debugbackends import DebugBackends, GpuReport, worst
 from kubeinfer.operator.api.spec import AnalysisSpec
 from kubeinfer.operator.api.status import RevisionStats
 
@@ -28,9 +28,6 @@ class RevisionCounters:
     window_requests: int = 0  # requests in the routers' sliding window
 
 
-MIB = 1024 * 1024
-
-
 @dataclass(frozen=True)
 class GpuFacts:
     """One worker's GPU as its agent reported it to the routers (NVML)."""
@@ -44,12 +41,11 @@ class GpuFacts:
 
     @classmethod
     def from_report(cls, report: GpuReport) -> "GpuFacts":
-        total, used = report.memory_total_bytes, report.memory_used_bytes
         return cls(
             uuid=report.uuid,
             name=report.name,
-            memory_mib=None if total is None else total // MIB,
-            memory_used_mib=None if used is None else used // MIB,
+            memory_mib=report.memory_mib,
+            memory_used_mib=report.memory_used_mib,
             healthy=report.healthy,
             fault=report.fault,
         )
@@ -69,12 +65,6 @@ class RouterStats:
 
     def revision(self, revision: str | None) -> RevisionCounters:
         return self.revisions.get(revision or "", RevisionCounters())
-
-
-def worst(a: float | None, b: float | None) -> float | None:
-    """The larger of two optional figures (percentiles of several routers)."""
-    values = [v for v in (a, b) if v is not None]
-    return max(values) if values else None
 
 
 def parse_router_stats(documents: Sequence[DebugBackends]) -> RouterStats:

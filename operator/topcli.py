@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubeinfer.operator.analysis import worst
 from kubeinfer.operator.api import constants as c
-from kubeinfer.operator.api.debugbackends import DebugBackends
+from kubeinfer.operator.api.debugbackends import DebugBackends, worst
 from kubeinfer.operator.api.status import InferenceServiceStatus
 from kubeinfer.operator.clicommon import (
     CommandError,
@@ -39,7 +38,6 @@ from kubeinfer.operator.kube import ApiError, KubeClient
 from kubeinfer.operator.observe import observe_pod
 from pydantic import ValidationError
 
-MIB = 1024 * 1024
 # kube-apiserver will not proxy to loopback or link-local pod IPs.
 PROXY_REFUSED = "address not allowed"
 CLEAR = "\x1b[H\x1b[2J"
@@ -137,9 +135,8 @@ def merge_routers(
             gpu = b.gpu
             if gpu is not None and row.gpu_total_mib is None:
                 row.gpu_util = gpu.utilization_percent
-                used, total = gpu.memory_used_bytes, gpu.memory_total_bytes
-                row.gpu_used_mib = None if used is None else used // MIB
-                row.gpu_total_mib = None if total is None else total // MIB
+                row.gpu_used_mib = gpu.memory_used_mib
+                row.gpu_total_mib = gpu.memory_mib
     return sorted(rows.values(), key=lambda r: (r.service, r.revision, r.pod))
 
 

@@ -26,6 +26,7 @@ from kubeinfer.operator.api.debugbackends import (
     QueueStats,
     RevisionStats,
     StatsWindow,
+    worst,
 )
 
 # Sliding-window histogram: bucket i holds values in [BASE*G^i, BASE*G^(i+1)) ms.
@@ -230,7 +231,7 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
                 have["queueDepth"] = b["queueDepth"]
             _add_stats(have["stats"], b["stats"])
             _add_window(have["window"], b["window"])
-            have["oldestRunningSeconds"] = _max_or_none(
+            have["oldestRunningSeconds"] = worst(
                 have["oldestRunningSeconds"], b["oldestRunningSeconds"])
             have["gpu"] = have["gpu"] or b["gpu"]
             if have["kvUsage"] is None:
@@ -256,11 +257,6 @@ def _add_window(into: dict[str, Any], other: dict[str, Any]) -> None:
     into["errors"] += other["errors"]
     _add_sparse(into["latency"], _int_keys(other["latency"]))
     _add_sparse(into["ttft"], _int_keys(other["ttft"]))
-
-
-def _max_or_none(a: float | None, b: float | None) -> float | None:
-    values = [v for v in (a, b) if v is not None]
-    return max(values) if values else None
 
 
 def _int_keys(d: dict[Any, int]) -> dict[int, int]:

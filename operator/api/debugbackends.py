@@ -13,6 +13,15 @@ from kubeinfer.operator.api.base import ApiModel
 from pydantic import ConfigDict
 
 VERSION: Final = 1
+MIB: Final = 1024 * 1024
+
+
+def worst(a: float | None, b: float | None) -> float | None:
+    """The larger of two optional figures: how readers combine a latency
+    percentile or an age seen by several routers (or several router
+    processes), since one slow router is enough to make a revision slow."""
+    values = [v for v in (a, b) if v is not None]
+    return max(values) if values else None
 
 
 class GpuReport(ApiModel):
@@ -28,6 +37,17 @@ class GpuReport(ApiModel):
     utilization_percent: int | None = None
     healthy: bool = True
     fault: str | None = None
+
+    @property
+    def memory_mib(self) -> int | None:
+        """Total memory in MiB (rounded down), as `kubectl kubeinfer top` and the
+        inventory show it."""
+        return None if self.memory_total_bytes is None else self.memory_total_bytes // MIB
+
+    @property
+    def memory_used_mib(self) -> int | None:
+        """Used memory in MiB (rounded down)."""
+        return None if self.memory_used_bytes is None else self.memory_used_bytes // MIB
 
 
 class StatsWindow(ApiModel):

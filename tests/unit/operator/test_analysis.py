@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from kubeinfer.operator.analysis import RevisionCounters, judge_canary, parse_router_stats
 from kubeinfer.operator.api import AnalysisSpec
-from kubeinfer.operator.api.debugbackends import DebugBackends
+from kubeinfer.operator.api.debugbackends import DebugBackends, GpuReport, worst
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.operator.api.status import RolloutPhase
 from kubeinfer.operator.rollout import TRANSITIONS, Trigger, canary_pods
@@ -222,3 +222,26 @@ def test_every_phase_has_a_way_out() -> None:
         assert isinstance(trigger, Trigger)
         if trigger is Trigger.NEW_REVISION:
             assert after is RolloutPhase.PROGRESSING, before
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [(None, None, None), (3.0, None, 3.0), (None, 4.5, 4.5), (3.0, 4.5, 4.5), (4.5, 3.0, 4.5)],
+)
+def test_worst_of_two_optional_figures(
+    a: float | None, b: float | None, expected: float | None
+) -> None:
+    assert worst(a, b) == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "used", "mib"),
+    [
+        (None, None, (None, None)),
+        (80 * 1024**3, 1024**2 - 1, (81_920, 0)),  # rounded down
+        (3 * 1024**2 + 5, 2 * 1024**2, (3, 2)),
+    ],
+)
+def test_gpu_report_in_mib(total: int | None, used: int | None, mib: tuple[Any, Any]) -> None:
+    report = GpuReport(memory_total_bytes=total, memory_used_bytes=used)
+    assert (report.memory_mib, report.memory_used_mib) == mib
