@@ -37,7 +37,7 @@ from kubeinfer.worker.gpuhealth import ReadFailures, StuckDetector, ecc_fault, x
 from kubeinfer.worker.nvml import Gpu, GpuError, GpuLostError, GpuSnapshot, XidEvent
 from kubeinfer.worker.probe import EngineLoad, EngineProbe, Health
 from kubeinfer.worker.process import EngineChild
-from kubeinfer.worker.simnvml import SimulatedGpu
+from kubeinfer.worker.simnvml import SimulatedNvml
 from kubeinfer.worker.stopnote import DrainEnd, StopReport, stop_message
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class WatchedGpu:
 
     nvml: Gpu
     baseline: GpuSnapshot
-    simulated: SimulatedGpu | None = None
+    simulated: SimulatedNvml | None = None
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ class Agent:
         kind = message.get("type")
         if kind == "loaded":
             share = self.config.model.engine_args.gpu_memory_utilization
-            sim.set_memory_used(int(share * sim.memory_total_bytes))
+            sim.set_memory_used(int(share * sim.gpu.memory_total_bytes))
         elif kind == "utilization":
             sim.set_utilization(int(message.get("percent", 0)))
         elif kind == "xid":

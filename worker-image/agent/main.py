@@ -30,7 +30,7 @@ from kubeinfer.worker.launcher import (
     local_model_fault,
 )
 from kubeinfer.worker.nvml import DeviceSelector, Gpu, GpuError, NvmlLibrary, select_device
-from kubeinfer.worker.simnvml import SimulatedGpu
+from kubeinfer.worker.simnvml import SimulatedNvml
 
 log = logging.getLogger("kubeinfer.worker")
 
@@ -47,10 +47,12 @@ def _open_gpu(config: WorkerConfig, env: Mapping[str, str]) -> WatchedGpu | None
     """
     if config.device is Device.CPU:
         return None
-    simulated: SimulatedGpu | None = None
+    simulated: SimulatedNvml | None = None
     if config.engine is Engine.SIMULATED:
         memory = float(env.get(ENV_SIM_GPU_MEMORY_GIB, "80"))
-        simulated = SimulatedGpu(memory_total_gib=memory, seed=f"{config.host}:{config.port}")
+        simulated = SimulatedNvml.one_gpu(
+            memory_total_gib=memory, seed=f"{config.host}:{config.port}"
+        )
         gpu = Gpu.open(simulated, DeviceSelector())
     else:
         import pynvml

@@ -3,9 +3,9 @@
 """The one place that talks to NVML: find the pod's GPU, read it, wait for Xids.
 
 Everything else in the worker sees `Gpu`, `GpuSnapshot` and `XidEvent`.
-The NVML library is passed in (`pynvml` in production, the simulated
-device of `kubeinfer.worker.simnvml` for the simulated engine, a fake in
-unit tests), so the same code handles a real and a simulated fault.
+The NVML library is passed in (`pynvml` on a GPU, the simulated NVML of
+`kubeinfer.worker.simnvml` for the simulated engine and in unit tests), so
+the same code handles a real and a simulated fault.
 
 NVML errors are mapped to two exceptions: `NoGpuError` (nothing to watch:
 no driver, no device, wrong UUID) and `GpuLostError` (the device stopped
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from kubeinfer.operator.api.exits import GpuFault
 
 # NVML return codes (nvml.h); pynvml exposes the same numbers as
-# NVML_ERROR_*. Repeated here so that a fake library needs no pynvml.
+# NVML_ERROR_*. Repeated here so that this module needs no pynvml import.
 NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NOT_FOUND = 6
@@ -54,7 +54,7 @@ class NvmlLibrary(Protocol):
 
     def nvmlInit(self) -> None: ...
     def nvmlShutdown(self) -> None: ...
-    def nvmlSystemGetDriverVersion(self) -> str: ...
+    def nvmlSystemGetDriverVersion(self) -> str | bytes: ...
     def nvmlDeviceGetCount(self) -> int: ...
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> Any: ...

@@ -25,7 +25,7 @@ from kubeinfer.worker.agenthttp import engine_metrics_up_text
 from kubeinfer.worker.agentmetrics import agent_registry
 from kubeinfer.worker.config import parse_worker_args
 from kubeinfer.worker.nvml import DeviceSelector, Gpu
-from kubeinfer.worker.simnvml import SimulatedGpu
+from kubeinfer.worker.simnvml import SimulatedNvml
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 VLLM_METRICS = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-0.32.0" / "metrics.txt"
@@ -54,7 +54,7 @@ def _agent_names() -> set[str]:
     config = parse_worker_args(
         ["--engine", "simulated", "--model-spec", '{"name": "m", "source": "o/m"}'], {}
     )
-    simulated = SimulatedGpu()
+    simulated = SimulatedNvml.one_gpu()
     gpu = Gpu.open(simulated, DeviceSelector())
     agent = Agent(config, WatchedGpu(gpu, gpu.snapshot(time.time()), simulated), ["engine"], {})
     text = generate_latest(agent_registry(agent)) + engine_metrics_up_text(True)

@@ -12,7 +12,7 @@ from kubeinfer.worker.agent import Agent, Phase, WatchedGpu
 from kubeinfer.worker.agenthttp import agent_app
 from kubeinfer.worker.config import parse_worker_args
 from kubeinfer.worker.nvml import DeviceSelector, Gpu
-from kubeinfer.worker.simnvml import SimulatedGpu
+from kubeinfer.worker.simnvml import SimulatedNvml
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = '{"name": "m", "source": "org/m"}'
@@ -25,7 +25,7 @@ def make_client(
 ) -> Callable[[str], Awaitable[tuple[Agent, Client]]]:
     async def make(engine: str) -> tuple[Agent, Client]:
         config = parse_worker_args(["--engine", engine, "--model-spec", MODEL], {})
-        simulated = SimulatedGpu()
+        simulated = SimulatedNvml.one_gpu()
         gpu = Gpu.open(simulated, DeviceSelector())
         watched = WatchedGpu(gpu, gpu.snapshot(time.time()), simulated)
         agent = Agent(config, watched, ["engine"], {})

@@ -4,7 +4,6 @@ import dataclasses
 
 import pynvml
 import pytest
-from fake_nvml import GIB, FakeDevice, FakeNvml
 from kubeinfer.operator.api import ModelSpec
 from kubeinfer.worker.gpuhealth import (
     ReadFailures,
@@ -15,13 +14,14 @@ from kubeinfer.worker.gpuhealth import (
     xid_fault,
 )
 from kubeinfer.worker.nvml import DeviceSelector, Gpu, GpuSnapshot, XidEvent
+from kubeinfer.worker.simnvml import GIB, SimulatedDevice, SimulatedNvml
 
 XID = pynvml.nvmlEventTypeXidCriticalError
 DBE = pynvml.nvmlEventTypeDoubleBitEccError
 
 
-def snapshot_of(device: FakeDevice) -> GpuSnapshot:
-    return Gpu.open(FakeNvml(device), DeviceSelector()).snapshot(now=0.0)
+def snapshot_of(device: SimulatedDevice) -> GpuSnapshot:
+    return Gpu.open(SimulatedNvml(device), DeviceSelector()).snapshot(now=0.0)
 
 
 def model(**fields: object) -> ModelSpec:
@@ -49,11 +49,16 @@ def test_xid_fault(xid: int, event_type: int, reason: str | None) -> None:
 
 class TestPrecheck:
     def test_fits(self) -> None:
-        assert precheck_fault(snapshot_of(FakeDevice(used=1 * GIB)), model(vramGiB=40)) is None
+        assert (
+            precheck_fault(
+                snapshot_of(SimulatedDevice(memory_used_bytes=1 * GIB)), model(vramGiB=40)
+            )
+            is None
+        )
 
     def test_another_process_holds_memory(self) -> None:
         # vLLM asks for 0.9 x 80 = 72 GiB; only 50 GiB are free.
-        reason = precheck_fault(snapshot_of(FakeDevice(used=30 * GIB)), model())
+        reason = precheck_fault(snapshot_of(SimulatedDevice(memory_used_bytes=30 * GIB)), model())
         assert reason == (
             "not enough GPU memory: 50.0 GiB free of 80.0 GiB, vLLM will ask for 72.0 GiB "
             "(gpuMemoryUtilization 0.9); another process uses the GPU"
@@ -61,7 +66,9 @@ class TestPrecheck:
 
     def test_lower_utilisation_fits_the_same_gpu(self) -> None:
         spec = model(engineArgs={"gpuMemoryUtilization": 0.5})
-        assert precheck_fault(snapshot_of(FakeDevice(used=30 * GIB)), spec) is None
+        assert (
+            precheck_fault(snapshot_of(SimulatedDevice(memory_used_bytes=30 * GIB)), spec) is None
+        )
 
     @pytest.mark.parametrize(
         ("fields", "needs"),
@@ -71,22 +78,22 @@ class TestPrecheck:
         ],
     )
     def test_model_too_big(self, fields: dict[str, object], needs: str) -> None:
-        reason = precheck_fault(snapshot_of(FakeDevice(used=0)), model(**fields))
+        reason = precheck_fault(snapshot_of(SimulatedDevice(memory_used_bytes=0)), model(**fields))
         assert reason is not None
         assert reason.startswith(
             f"model does not fit: it needs about {needs} GiB, vLLM may use 72.0"
         )
 
     def test_failed_row_remapping_is_a_gpu_fault(self) -> None:
-        snapshot = snapshot_of(FakeDevice(remapped=(0, 4, 0, 1)))
+        snapshot = snapshot_of(SimulatedDevice(remapped_rows=(0, 4, 0, 1)))
         reason = service_fault(snapshot)
         assert reason is not None
         assert reason.startswith("GPU needs service: row remapping failed")
-        assert service_fault(snapshot_of(FakeDevice(remapped=(0, 4, 1, 0)))) is None
+        assert service_fault(snapshot_of(SimulatedDevice(remapped_rows=(0, 4, 1, 0)))) is None
 
 
 def test_ecc_fault_counts_new_errors_only() -> None:
-    start = snapshot_of(FakeDevice(ecc_uncorrected=3))
+    start = snapshot_of(SimulatedDevice(ecc_uncorrected=3))
     assert ecc_fault(start, start) is None
     assert ecc_fault(dataclasses.replace(start, ecc_uncorrected=4), start) == (
         "GPU fault: 1 uncorrectable ECC error since start"

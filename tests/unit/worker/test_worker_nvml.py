@@ -1,8 +1,9 @@
-"""The NVML adapter against a fake NVML library (the GPU is the one thing faked)."""
+"""The NVML adapter against the simulated NVML (the GPU is the one thing simulated)."""
+
+from collections.abc import Callable
 
 import pynvml
 import pytest
-from fake_nvml import GIB, FakeDevice, FakeNvml
 from kubeinfer.worker.nvml import (
     DeviceSelector,
     Gpu,
@@ -11,6 +12,7 @@ from kubeinfer.worker.nvml import (
     NoGpuError,
     select_device,
 )
+from kubeinfer.worker.simnvml import GIB, SimulatedDevice, SimulatedNvml
 
 UUID = "GPU-11111111-2222-3333-4444-555555555555"
 
@@ -53,8 +55,8 @@ class TestSelectDevice:
 
 
 class TestOpen:
-    def test_by_uuid(self, nvml: FakeNvml) -> None:
-        other = FakeDevice(uuid="GPU-other", name="NVIDIA A100")
+    def test_by_uuid(self, nvml: SimulatedNvml) -> None:
+        other = SimulatedDevice(uuid="GPU-other", name="NVIDIA A100")
         nvml.devices.insert(0, other)
         gpu = Gpu.open(nvml, DeviceSelector(uuid=UUID))
         assert (gpu.uuid, gpu.name, gpu.driver_version) == (
@@ -63,31 +65,34 @@ class TestOpen:
             "575.57.08",
         )
 
-    def test_by_index(self, nvml: FakeNvml) -> None:
+    def test_by_index(self, nvml: SimulatedNvml) -> None:
         assert Gpu.open(nvml, DeviceSelector(index=0)).uuid == UUID
 
     @pytest.mark.parametrize(
         ("make", "selector", "message"),
         [
-            (lambda: FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND), DeviceSelector(),
-             "no GPU: NVML is not available"),
-            (lambda: FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED), DeviceSelector(),
-             "no GPU: NVML is not available"),
-            (lambda: FakeNvml(), DeviceSelector(), "no GPU: NVML found no devices"),
-            (lambda: FakeNvml(FakeDevice()), DeviceSelector(index=3),
+            (lambda: SimulatedNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
+             DeviceSelector(), "no GPU: NVML is not available"),
+            (lambda: SimulatedNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED),
+             DeviceSelector(), "no GPU: NVML is not available"),
+            (lambda: SimulatedNvml(), DeviceSelector(), "no GPU: NVML found no devices"),
+            (lambda: SimulatedNvml(SimulatedDevice()), DeviceSelector(index=3),
              "device index 3 but NVML sees 1"),
-            (lambda: FakeNvml(FakeDevice()), DeviceSelector(uuid="GPU-gone"),
+            (lambda: SimulatedNvml(SimulatedDevice()), DeviceSelector(uuid="GPU-gone"),
              "no GPU: cannot open device GPU-gone"),
         ],
     )  # fmt: skip
-    def test_no_gpu(self, make: type[FakeNvml], selector: DeviceSelector, message: str) -> None:
+    def test_no_gpu(
+        self, make: Callable[[], SimulatedNvml], selector: DeviceSelector, message: str
+    ) -> None:
         with pytest.raises(NoGpuError, match=message):
             Gpu.open(make(), selector)
 
 
 class TestSnapshot:
-    def test_reads_everything(self, nvml: FakeNvml, device: FakeDevice) -> None:
-        device.utilization, device.ecc_uncorrected, device.remapped = 87, 2, (0, 0, 1, 0)
+    def test_reads_everything(self, nvml: SimulatedNvml, device: SimulatedDevice) -> None:
+        device.utilization_percent, device.ecc_uncorrected = 87, 2
+        device.remapped_rows = (0, 0, 1, 0)
         snap = Gpu.open(nvml, DeviceSelector()).snapshot(now=5.0)
         assert snap.memory_total_bytes == 80 * GIB
         assert snap.memory_free_bytes == 79 * GIB
@@ -98,7 +103,9 @@ class TestSnapshot:
         assert (snap.remapped_rows_pending, snap.remapped_rows_failed) == (True, False)
         assert snap.to_json()["memoryTotalBytes"] == 80 * GIB
 
-    def test_unsupported_readings_are_none(self, nvml: FakeNvml, device: FakeDevice) -> None:
+    def test_unsupported_readings_are_none(
+        self, nvml: SimulatedNvml, device: SimulatedDevice
+    ) -> None:
         # MIG slices and consumer cards: no utilisation, no ECC, no power.
         for function in (
             "nvmlDeviceGetUtilizationRates",
@@ -116,13 +123,13 @@ class TestSnapshot:
     @pytest.mark.parametrize(
         "function", ["nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates"]
     )
-    def test_lost_gpu(self, nvml: FakeNvml, device: FakeDevice, function: str) -> None:
+    def test_lost_gpu(self, nvml: SimulatedNvml, device: SimulatedDevice, function: str) -> None:
         gpu = Gpu.open(nvml, DeviceSelector())
         device.errors[function] = pynvml.NVML_ERROR_GPU_IS_LOST
         with pytest.raises(GpuLostError, match="GPU lost: NVML reports GPU is lost"):
             gpu.snapshot(now=0.0)
 
-    def test_other_errors_are_not_lost(self, nvml: FakeNvml, device: FakeDevice) -> None:
+    def test_other_errors_are_not_lost(self, nvml: SimulatedNvml, device: SimulatedDevice) -> None:
         gpu = Gpu.open(nvml, DeviceSelector())
         device.errors["nvmlDeviceGetMemoryInfo"] = pynvml.NVML_ERROR_UNKNOWN
         with pytest.raises(GpuError) as raised:
@@ -131,7 +138,7 @@ class TestSnapshot:
 
 
 class TestEvents:
-    def test_registers_xid_and_ecc(self, nvml: FakeNvml) -> None:
+    def test_registers_xid_and_ecc(self, nvml: SimulatedNvml) -> None:
         gpu = Gpu.open(nvml, DeviceSelector())
         mask = gpu.register_events()
         assert (
@@ -140,15 +147,17 @@ class TestEvents:
             == (pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError)
         )
 
-    def test_unsupported_means_polling_only(self, nvml: FakeNvml, device: FakeDevice) -> None:
+    def test_unsupported_means_polling_only(
+        self, nvml: SimulatedNvml, device: SimulatedDevice
+    ) -> None:
         device.event_types = 0
         assert Gpu.open(nvml, DeviceSelector()).register_events() == 0
 
-    def test_wait_returns_xid_then_times_out(self, nvml: FakeNvml) -> None:
+    def test_wait_returns_xid_then_times_out(self, nvml: SimulatedNvml) -> None:
         gpu = Gpu.open(nvml, DeviceSelector())
         gpu.register_events()
-        nvml.events.append((pynvml.nvmlEventTypeXidCriticalError, 79))
-        nvml.events.append((pynvml.nvmlEventTypeDoubleBitEccError, 0))
+        nvml.raise_xid(79)
+        nvml.add_ecc_errors(1)
         first = gpu.wait_event(0.01, now=1.0)
         second = gpu.wait_event(0.01, now=2.0)
         assert first is not None
@@ -157,15 +166,59 @@ class TestEvents:
         assert second.xid == 0
         assert gpu.wait_event(0.01, now=3.0) is None
 
-    def test_wait_on_a_lost_gpu(self, nvml: FakeNvml, device: FakeDevice) -> None:
+    def test_wait_on_a_lost_gpu(self, nvml: SimulatedNvml, device: SimulatedDevice) -> None:
         gpu = Gpu.open(nvml, DeviceSelector())
         gpu.register_events()
         device.errors["nvmlEventSetWait_v2"] = pynvml.NVML_ERROR_GPU_IS_LOST
         with pytest.raises(GpuLostError):
             gpu.wait_event(0.01, now=0.0)
 
-    def test_close_shuts_nvml_down(self, nvml: FakeNvml) -> None:
+    def test_close_shuts_nvml_down(self, nvml: SimulatedNvml) -> None:
         gpu = Gpu.open(nvml, DeviceSelector())
         gpu.register_events()
         gpu.close()
         assert nvml.shutdown_called
+
+
+class TestSimulatedWorkerGpu:
+    """What the simulated engine's worker relies on (SimulatedNvml.one_gpu)."""
+
+    def test_xid_79_is_seen_then_the_gpu_is_lost(self) -> None:
+        nvml = SimulatedNvml.one_gpu()
+        gpu = Gpu.open(nvml, DeviceSelector())
+        gpu.register_events()
+        assert gpu.snapshot(now=0.0).memory_total_bytes == 80 * GIB
+        nvml.raise_xid(79)
+        event = gpu.wait_event(0.01, now=1.0)
+        assert event is not None
+        assert event.xid == 79
+        with pytest.raises(GpuLostError, match="GPU lost: NVML reports GPU is lost"):
+            gpu.snapshot(now=2.0)
+
+    def test_an_application_xid_leaves_the_gpu_readable(self) -> None:
+        nvml = SimulatedNvml.one_gpu()
+        gpu = Gpu.open(nvml, DeviceSelector())
+        gpu.register_events()
+        nvml.raise_xid(13)
+        event = gpu.wait_event(0.01, now=1.0)
+        assert event is not None
+        assert event.xid == 13
+        assert gpu.snapshot(now=2.0).utilization_percent == 0
+
+    def test_engine_reports_drive_the_readings(self) -> None:
+        nvml = SimulatedNvml.one_gpu(memory_total_gib=24)
+        gpu = Gpu.open(nvml, DeviceSelector())
+        nvml.set_memory_used(100 * GIB)  # clamped to the card
+        nvml.set_utilization(150)  # clamped to 100 %
+        snap = gpu.snapshot(now=0.0)
+        assert (snap.memory_used_bytes, snap.memory_free_bytes) == (24 * GIB, 0)
+        assert (snap.utilization_percent, snap.temperature_celsius) == (100, 70)
+        assert snap.power_watts == 700.0
+
+    def test_uuid_is_stable_per_seed(self) -> None:
+        first = Gpu.open(SimulatedNvml.one_gpu(seed="127.0.0.1:8000"), DeviceSelector())
+        again = Gpu.open(SimulatedNvml.one_gpu(seed="127.0.0.1:8000"), DeviceSelector())
+        other = Gpu.open(SimulatedNvml.one_gpu(seed="127.0.0.1:8001"), DeviceSelector())
+        assert first.uuid == again.uuid != other.uuid
+        assert first.uuid.startswith("GPU-")
+        assert first.driver_version == "simulated"
