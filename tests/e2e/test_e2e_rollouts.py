@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from kubeinfer.localcluster.operatorproc import (
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for
-from kubeinfer.operator.api.constants import LABEL_REPLICA, LABEL_REVISION
+from kubeinfer.operator.api.constants import ANNOTATION_ROLLOUT, LABEL_REPLICA, LABEL_REVISION
+from prometheus_client.parser import text_string_to_metric_families
 
 # Each test drives whole rollouts (analysis windows, model loads) on 2 cores.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -55,6 +57,28 @@ async def until(check: Callable[[], Any], within: float, what: str) -> Any:
 
 def rollout_phase(kube: KubeClient, namespace: str, name: str) -> str:
     return str(get_isvc(kube, namespace, name)["status"]["rollout"]["phase"])
+
+
+async def plugin(kubeconfig: str, *args: str) -> str:
+    """`kubectl kubeinfer ARGS` (the installed plugin), as a user runs it."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "kubectl-kubeinfer"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def samples(text: str) -> Counter[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every sample of a /metrics page by (name, sorted labels)."""
+    found: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] += sample.value
+    return found
 
 
 async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requests(
@@ -235,3 +259,72 @@ async def test_manual_pause_promote_abort_and_undo(
     )
     await until(lambda: rollout_phase(kube, namespace, "manual") == "Failed", 60, "the abort")
     assert get_isvc(kube, namespace, "manual")["status"]["stableRevision"] == second
+
+
+async def test_slow_canary_paused_and_resumed_with_the_plugin_is_rolled_back_on_latency(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess, local_cluster: ClusterState
+) -> None:
+    """`kubectl kubeinfer rollout pause|resume` and `status` on a live rollout;
+    a canary that only got slower (no errors) is rolled back by the latency
+    ratio; the operator's own /metrics say so."""
+    kubeconfig = local_cluster.kubeconfig
+    body = service("slow", replicas=1)
+    apply_isvc(kube, namespace, body)
+    wait_condition(kube, namespace, "slow", "Ready", timeout=90)
+    stable = get_isvc(kube, namespace, "slow")["status"]["stableRevision"]
+    before = samples(await asyncio.to_thread(running_operator.metrics))
+
+    out = await plugin(kubeconfig, "rollout", "pause", "slow", "-n", namespace)
+    assert out == "inferenceservice slow: pause requested\n"
+    # 500 ms more per answer: the p99 ratio is far above 1.5 even when a busy
+    # machine makes stable's p99 several times its usual few ms.
+    apply_isvc(kube, namespace, service("slow", replicas=1, addedLatencyMs=500))
+    load = Load(router_url(kube, namespace, "slow"), "sim-model")
+    async with load.running():
+        await until(lambda: rollout_phase(kube, namespace, "slow") == "Paused", 60, "the pause")
+        canary = get_isvc(kube, namespace, "slow")["status"]["canaryRevision"]
+        shown = await plugin(kubeconfig, "status", "slow", "-n", namespace)
+        assert f"Name:       {namespace}/slow" in shown
+        assert f"Stable:     {stable}" in shown
+        assert f"Canary:     {canary} (" in shown
+        assert "Rollout:    Paused step 1" in shown
+
+        out = await plugin(kubeconfig, "rollout", "resume", "slow", "-n", namespace)
+        assert out == "inferenceservice slow: resume requested\n"
+        await until(
+            lambda: rollout_phase(kube, namespace, "slow") == "Failed", 90, "the latency rollback"
+        )
+    assert load.outcomes["failed"] == 0, load.failures[:5]
+    isvc = get_isvc(kube, namespace, "slow")
+    rolled_back = wait_condition(kube, namespace, "slow", "RolledBack", timeout=5)
+    assert "canary p99 latency" in rolled_back["message"], rolled_back
+    assert "error rate" not in rolled_back["message"], rolled_back
+    assert isvc["status"]["stableRevision"] == stable
+    # `resume` was consumed: nothing holds the next rollout.
+    assert ANNOTATION_ROLLOUT not in (isvc["metadata"].get("annotations") or {})
+    shown = await plugin(kubeconfig, "status", "slow", "-n", namespace)
+    assert "Rollout:    Failed" in shown
+    assert "failed: canary p99 latency" in shown
+
+    # The operator's /metrics, scraped as Prometheus would.
+    service_labels = (("kubeinfer_io_service", "slow"), ("service_namespace", namespace))
+
+    def gauge(name: str, **labels: str) -> float:
+        return after[(name, tuple(sorted((*service_labels, *labels.items()))))]
+
+    def added(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before[key]
+
+    after = samples(await asyncio.to_thread(running_operator.metrics))
+    assert gauge("kubeinfer_inferenceservice_rollout_phase", phase="Failed") == 1
+    assert gauge("kubeinfer_inferenceservice_rollout_phase", phase="Paused") == 0
+    assert gauge("kubeinfer_inferenceservice_replicas_desired") == 1
+    assert gauge("kubeinfer_inferenceservice_canary_weight_percent") == 0
+    assert gauge("kubeinfer_inferenceservice_revision_info", role="stable", revision=stable) == 1
+    reason = rolled_back["reason"]
+    assert gauge("kubeinfer_inferenceservice_condition", condition="RolledBack", reason=reason) == 1
+    for event in ("Pause", "Resume", "StepFailed", "RolledBack"):
+        assert added("kubeinfer_operator_events_total", reason=event) >= 1, event
+    assert added("kubeinfer_operator_reconciles_total", result="ok") > 0
+    assert added("kubeinfer_operator_reconcile_seconds_count") > 0

@@ -7,6 +7,8 @@ the scheduler placed.
 """
 
 import json
+import re
+import secrets
 import signal
 import subprocess
 import urllib.request
@@ -28,17 +30,23 @@ from kubeinfer.localcluster.operatorproc import (
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.waiting import wait_for
 from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.api.debugbackends import DebugBackends
+from kubeinfer.operator.api.routing import RoutingTable, routes_configmap_name
+from kubeinfer.operator.api.spec import Strategy
 
 pytestmark = pytest.mark.cluster
 
 
-def complete(base: str, n: int = 1) -> list[int]:
+def complete(base: str, n: int = 1, api_key: str | None = None) -> list[int]:
     codes = []
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     for _ in range(n):
         request = urllib.request.Request(
             f"{base}/v1/completions",
             data=json.dumps({"model": "sim-model", "prompt": "hello", "max_tokens": 4}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=headers,
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as answer:
@@ -51,7 +59,14 @@ def complete(base: str, n: int = 1) -> list[int]:
 def test_apply_serves_through_the_router(
     kube: KubeClient, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    apply_isvc(kube, namespace, simulated_service("chat", replicas=2))
+    # Clients must send the key in the Secret; the router balances with the
+    # `weighted` strategy (every worker weight 1: an even split).
+    key = secrets.token_urlsafe(24)
+    kube.kubectl(
+        "create", "secret", "generic", "chat-key", f"--from-literal=token={key}", "-n", namespace
+    )
+    routing = {"strategy": "weighted", "apiKeySecretRef": {"name": "chat-key"}}
+    apply_isvc(kube, namespace, simulated_service("chat", replicas=2, routing=routing))
     # `kubectl wait` works on the Ready condition.
     kube.kubectl("wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", "infsvc/chat")
     obj = get_isvc(kube, namespace, "chat")
@@ -67,8 +82,27 @@ def test_apply_serves_through_the_router(
     for pod in pods:
         assert pod["status"]["podIP"].startswith("127.")
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    # Requests go through the router to the simulated workers.
-    assert complete(router_url(kube, namespace, "chat"), 10) == [200] * 10
+    # Requests go through the router to the simulated workers, with the key only.
+    base = router_url(kube, namespace, "chat")
+    assert complete(base, 2) == [401] * 2
+    assert complete(base, 2, api_key=key[:-1]) == [401] * 2
+    assert complete(base, 10, api_key=key) == [200] * 10
+    # Only the Secret holds the key: the router reads it from a secretKeyRef,
+    # and neither its Deployment nor its routing table carries the value.
+    deployment = kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/chat-router")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": c.ENV_API_KEY,
+        "valueFrom": {"secretKeyRef": {"name": "chat-key", "key": "token"}},
+    } in env
+    routes = kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{routes_configmap_name('chat')}")
+    assert key not in json.dumps(deployment) + json.dumps(routes)
+    (table,) = [RoutingTable.model_validate_json(text) for text in routes["data"].values()]
+    assert table.strategy is Strategy.WEIGHTED
+    # Ten requests one after the other: five to each worker.
+    with urllib.request.urlopen(f"{base}/debug/backends", timeout=10) as answer:
+        backends = DebugBackends.model_validate_json(answer.read()).backends
+    assert sorted(b.requests for b in backends) == [5, 5], backends
     printed = kube.kubectl("get", "infsvc", "-n", namespace)
     assert printed.split("\n")[0].split() == [
         "NAME",
@@ -139,6 +173,44 @@ def test_gpu_fault_replaces_the_pod_and_says_why(
     assert annotations[c.ANNOTATION_REPLACES] == first
     assert annotations[c.ANNOTATION_FAILURES] == "1"
     wait_condition(kube, namespace, "faulty", "Ready", timeout=60)
+
+
+def test_crash_looping_worker_is_replaced_and_says_why(
+    kube: KubeClient, namespace: str, running_operator: OperatorProcess
+) -> None:
+    # Every engine exits after its first request: the container restarts
+    # (back-off 1 s, 2 s, 4 s) until the operator calls it a crash loop.
+    body = simulated_service("loop", replicas=1, worker={"simulator": {"crashAfterRequests": 1}})
+    apply_isvc(kube, namespace, body)
+    base = router_url(kube, namespace, "loop", timeout=90)
+    (first,) = [p["metadata"]["name"] for p in worker_pods(kube, namespace, "loop")]
+
+    def replaced() -> list[str] | None:
+        # One request per round: it is what makes the engine exit again.
+        complete(base, 1)
+        names = [p["metadata"]["name"] for p in worker_pods(kube, namespace, "loop")]
+        return names if names and first not in names else None
+
+    (second,) = wait_for(replaced, 90, interval=0.5, what="the crash-looping pod replaced")
+
+    def replacing_event() -> list[str] | None:
+        events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        found = [
+            e["message"]
+            for e in events
+            if e["involvedObject"]["name"] == "loop" and e["reason"] == "ReplacingPod"
+        ]
+        return found or None
+
+    messages = wait_for(replacing_event, 30, what="the ReplacingPod event")
+    # At least 3 restarts (the rule), and the engine's own exit reason.
+    crash = re.compile(rf"^{first}: crash loop \((\d+) restarts\): .+")
+    found = [m for m in messages if (match := crash.match(m)) and int(match[1]) >= 3]
+    assert found, messages
+    replacement = kube.get(f"/api/v1/namespaces/{namespace}/pods/{second}")
+    annotations = replacement["metadata"]["annotations"]
+    assert annotations[c.ANNOTATION_REPLACES] == first
+    assert annotations[c.ANNOTATION_FAILURES] == "1"
 
 
 def test_scale_up_and_down_through_the_scale_subresource(
@@ -260,6 +332,7 @@ def test_pods_on_a_lost_node_move_to_other_nodes(
         assert placed["spec"]["nodeName"] != node
     finally:
         set_node_down(Path(local_cluster.root), node, False)
+
     # Later tests place pods on this node again: wait until it is back.
     def back() -> bool:
         conditions = kube.get(f"/api/v1/nodes/{node}")["status"].get("conditions") or []
