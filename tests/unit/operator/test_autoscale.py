@@ -207,7 +207,9 @@ NOW = 1_000.0
 def test_decision(inp: ScaleInput, desired: int, reason: str) -> None:
     decision = decide(inp)
     assert (decision.desired, decision.reason) == (desired, reason), decision.message
-    if inp.signals is not None:
+    if inp.signals is None:
+        assert decision.history == inp.history  # nothing measured, nothing recorded
+    else:
         assert decision.history[-1].at == inp.now
 
 
