@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.operator.api.constants import ANNOTATION_ROLLOUT, LABEL_REPLICA, LABEL_REVISION
+from kubeinfer.operator.api.debugbackends import DebugBackends
 from prometheus_client.parser import text_string_to_metric_families
 
 # Each test drives whole rollouts (analysis windows, model loads) on 2 cores.
@@ -278,11 +280,23 @@ async def test_paused_slow_canary_resumed_with_the_plugin_is_rolled_back_on_late
     # 500 ms more per answer: the p99 ratio is far above 1.5 even when a busy
     # machine makes stable's p99 several times its usual few ms.
     apply_isvc(kube, namespace, slow(addedLatencyMs=500))
-    load = Load(router_url(kube, namespace, "slow"), "sim-model")
+    base = router_url(kube, namespace, "slow")
+    load = Load(base, "sim-model")
     async with load.running():
         await until(lambda: rollout_phase(kube, namespace, "slow") == "Paused", 60, "the pause")
         step("Paused")
         canary = get_isvc(kube, namespace, "slow")["status"]["canaryRevision"]
+
+        def canary_requests() -> int:
+            with urllib.request.urlopen(f"{base}/debug/backends", timeout=10) as answer:
+                stats = DebugBackends.model_validate_json(answer.read()).revisions
+            return stats[canary].requests if canary in stats else 0
+
+        # The slow canary serves its share, as many requests as analysis needs, and the
+        # pause still holds it: nothing is judged until `resume`.
+        await until(lambda: canary_requests() >= 10, 60, "10 requests on the paused canary")
+        assert rollout_phase(kube, namespace, "slow") == "Paused"
+        step("10 canary requests while paused")
         out = await plugin(kubeconfig, "rollout", "resume", "slow", "-n", namespace)
         assert out == "inferenceservice slow: resume requested\n"
         step("resumed")
