@@ -20,6 +20,7 @@ The examples are derandomized (profile ``ci`` in tests/conftest.py); run
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -41,12 +42,23 @@ from routerhelpers import HOST, make_table
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 1.5
 ANSWER_DEADLINE = 10.0
-PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/models", "/healthz", "/readyz",
-         "/metrics", "/debug/backends", "/internal/snapshot", "/", "/v1/completions/.."]
+PATHS = [
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/debug/backends",
+    "/internal/snapshot",
+    "/",
+    "/v1/completions/..",
+]
 GOOD = b'{"model":"tiny","prompt":"hello","max_tokens":4}'
 
-_fuzz = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                        HealthCheck.too_slow], deadline=None)
+_fuzz = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None
+)
 
 
 @dataclass
@@ -78,22 +90,49 @@ def _get(url: str) -> int:
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     tmp = tmp_path_factory.mktemp("fuzz")
     mock_port = free_port()
-    mock = subprocess.Popen([sys.executable, "-P", "-m", "kubeinfer.localcluster.mockbackend",
-                             "--port", str(mock_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mock = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "kubeinfer.localcluster.mockbackend",
+            "--port",
+            str(mock_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     port = free_port()
     log = tmp / "router.log"
     routes = tmp / "routes.json"
     table = make_table([f"http://{HOST}:{mock_port}"], strategy="prefix-affinity")
     routes.write_text(json.dumps(table.to_dict()))
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "kubeinfer.router.main", "--config", str(routes),
-         "--host", HOST, "--port", str(port), "--access-log", "off",
-         "--max-body-bytes", str(MAX_BODY), "--request-read-timeout", str(READ_TIMEOUT)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "kubeinfer.router.main",
+            "--config",
+            str(routes),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--access-log",
+            "off",
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--request-read-timeout",
+            str(READ_TIMEOUT),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for(lambda: _get(f"http://{HOST}:{port}/readyz") == 200, 20,
-                 what="the router to be ready")
+        wait_for(
+            lambda: _get(f"http://{HOST}:{port}/readyz") == 200, 20, what="the router to be ready"
+        )
         yield RouterProcess(proc, port, log)
     finally:
         for p in (proc, mock):
@@ -104,10 +143,9 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
 def exchange(port: int, raw: bytes, *, head: bool = False) -> Answer:
     """Send ``raw`` on a fresh connection and parse one response."""
     with socket.create_connection((HOST, port), timeout=ANSWER_DEADLINE) as sock:
-        try:
+        # The router may answer early (413, 431) and stop reading.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(raw)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the router answered early (413, 431) and stopped reading
         resp = http.client.HTTPResponse(sock, method="HEAD" if head else "GET")
         resp.begin()
         body = resp.read()
@@ -126,15 +164,18 @@ def assert_well_formed(answer: Answer, *, head: bool = False) -> None:
         assert answer.body == b""  # the head of the error only
         return
     error = json.loads(answer.body)["error"]
-    assert isinstance(error["message"], str) and error["message"], error
+    assert isinstance(error["message"], str), error
+    assert error["message"], error
     assert error["code"] == answer.status
     assert isinstance(error["type"], str)
 
 
 def assert_still_serving(router: RouterProcess) -> None:
     router.alive()
-    raw = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-           b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(GOOD), GOOD))
+    raw = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(GOOD), GOOD)
+    )
     answer = exchange(router.port, raw)
     assert answer.status == 200, answer.body
 
@@ -142,41 +183,110 @@ def assert_still_serving(router: RouterProcess) -> None:
 # -- strategies ---------------------------------------------------------------
 
 _token = st.text(st.characters(codec="ascii", exclude_characters="\r\n"), max_size=20)
-_methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
-                            "CONNECT", "PRI", "get", "P0ST", "", "GET GET"]) | _token
+_methods = (
+    st.sampled_from(
+        [
+            "GET",
+            "POST",
+            "PUT",
+            "DELETE",
+            "PATCH",
+            "OPTIONS",
+            "TRACE",
+            "CONNECT",
+            "PRI",
+            "get",
+            "P0ST",
+            "",
+            "GET GET",
+        ]
+    )
+    | _token
+)
 _paths = (
     st.sampled_from(PATHS)
     | st.builds(lambda p, q: p + "?" + q, st.sampled_from(PATHS), _token)
-    | st.lists(st.sampled_from(["v1", "..", ".", "%2e%2e", "%00", "%ff", "completions", "",
-                                "%2F", "~", "a" * 300]), max_size=8).map(lambda s: "/" + "/".join(s))
+    | st.lists(
+        st.sampled_from(
+            ["v1", "..", ".", "%2e%2e", "%00", "%ff", "completions", "", "%2F", "~", "a" * 300]
+        ),
+        max_size=8,
+    ).map(lambda s: "/" + "/".join(s))
     | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=50)
     | st.integers(1, 80_000).map(lambda n: "/" + "a" * n)
 )
-_header_names = st.sampled_from(["content-type", "x-request-id", "x-session-id",
-                                 "authorization", "connection", "expect", "host", "upgrade",
-                                 "te", "trailer", "accept", "X-Foo", "bad name", "",
-                                 "content-length", "transfer-encoding"]) | _token
+_header_names = (
+    st.sampled_from(
+        [
+            "content-type",
+            "x-request-id",
+            "x-session-id",
+            "authorization",
+            "connection",
+            "expect",
+            "host",
+            "upgrade",
+            "te",
+            "trailer",
+            "accept",
+            "X-Foo",
+            "bad name",
+            "",
+            "content-length",
+            "transfer-encoding",
+        ]
+    )
+    | _token
+)
 _header_values = (
-    st.sampled_from(["application/json", "keep-alive", "close", "100-continue", "chunked",
-                     "gzip, chunked", "chunked, chunked", "-1", "0x10", "1e3", "", " ",
-                     "99999999999999999999999999", "websocket", "\t"])
+    st.sampled_from(
+        [
+            "application/json",
+            "keep-alive",
+            "close",
+            "100-continue",
+            "chunked",
+            "gzip, chunked",
+            "chunked, chunked",
+            "-1",
+            "0x10",
+            "1e3",
+            "",
+            " ",
+            "99999999999999999999999999",
+            "websocket",
+            "\t",
+        ]
+    )
     | _token
     | st.integers(1, 70_000).map(lambda n: "v" * n)
 )
 _headers = st.lists(st.tuples(_header_names, _header_values), max_size=6)
 
 _json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
-_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4)
-                     | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=20)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 # OpenAI requests with each field right, wrong-typed or missing.
 _openai = st.fixed_dictionaries(
     {},
     optional={
         "model": st.sampled_from(["tiny", "other", ""]) | _json,
         "prompt": st.text(max_size=50) | st.lists(st.integers(-5, 2**70), max_size=5) | _json,
-        "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]),
-                                                    "content": st.text(max_size=30) | _json}),
-                             max_size=3) | _json,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.sampled_from(["user", "system"]),
+                    "content": st.text(max_size=30) | _json,
+                }
+            ),
+            max_size=3,
+        )
+        | _json,
         "stream": st.booleans() | _json,
         "max_tokens": st.integers(-(2**70), 2**70) | _json,
         "user": st.text(max_size=10) | _json,
@@ -188,12 +298,15 @@ _bodies = (
     | _json.map(lambda d: json.dumps(d).encode())
     | st.binary(max_size=200)
     | st.integers(1, 20_000).map(lambda n: b"[" * n + b"]" * n)
-    | st.integers(1, 6_000).map(lambda n: b'{"model":"tiny","prompt":"x","max_tokens":' + b"9" * n + b"}")
+    | st.integers(1, 6_000).map(
+        lambda n: b'{"model":"tiny","prompt":"x","max_tokens":' + b"9" * n + b"}"
+    )
 )
 
 
-def _request(method: str, path: str, headers: list[tuple[str, str]], body: bytes,
-             length: str | None) -> bytes:
+def _request(
+    method: str, path: str, headers: list[tuple[str, str]], body: bytes, length: str | None
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "host: router"]
     lines += [f"{k}: {v}" for k, v in headers]
     if length is not None:
@@ -204,33 +317,62 @@ def _request(method: str, path: str, headers: list[tuple[str, str]], body: bytes
 
 # -- tests --------------------------------------------------------------------
 
+
 @settings(_fuzz, max_examples=settings.default.max_examples * 5)
-@given(method=_methods, path=_paths, headers=_headers, body=_bodies,
-       length=st.none() | st.just("exact") | st.sampled_from(["0", "-1", "abc", "1 1", "99999999999", "5"]))
-@example(method="POST", path="/v1/completions", headers=[], length="exact",
-         body=b"[" * 100_000 + b"]" * 100_000)  # json's RecursionError: no answer at all
-@example(method="POST", path="/v1/completions", headers=[], length="exact",
-         body=b'{"model":"tiny","prompt":"x","user":"\\ud800"}')  # lone surrogate: task crashed
+@given(
+    method=_methods,
+    path=_paths,
+    headers=_headers,
+    body=_bodies,
+    length=st.none()
+    | st.just("exact")
+    | st.sampled_from(["0", "-1", "abc", "1 1", "99999999999", "5"]),
+)
+@example(
+    method="POST",
+    path="/v1/completions",
+    headers=[],
+    length="exact",
+    body=b"[" * 100_000 + b"]" * 100_000,
+)  # json's RecursionError: no answer at all
+@example(
+    method="POST",
+    path="/v1/completions",
+    headers=[],
+    length="exact",
+    body=b'{"model":"tiny","prompt":"x","user":"\\ud800"}',
+)  # lone surrogate: task crashed
 @example(method="HEAD", path="/healthz", headers=[], length=None, body=b"")  # body after HEAD
-def test_any_request_gets_a_well_formed_answer(router: RouterProcess, method: str, path: str,
-                                               headers: list[tuple[str, str]], body: bytes,
-                                               length: str | None) -> None:
+def test_any_request_gets_a_well_formed_answer(
+    router: RouterProcess,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    length: str | None,
+) -> None:
     size = str(len(body)) if length == "exact" else length
     if len(body) > MAX_BODY:
         size = str(len(body))
-    answer = exchange(router.port, _request(method, path, headers, body, size),
-                      head=method == "HEAD")
+    answer = exchange(
+        router.port, _request(method, path, headers, body, size), head=method == "HEAD"
+    )
     assert_well_formed(answer, head=method == "HEAD")
     router.alive()
 
 
 @_fuzz
-@given(body=_bodies, cuts=st.lists(st.integers(1, 400), max_size=8),
-       corruption=st.sampled_from([None, "bad-size", "no-crlf", "extension",
-                                   "huge-size", "negative", "with-length"]))
-def test_chunked_uploads(router: RouterProcess, body: bytes, cuts: list[int],
-                         corruption: str | None) -> None:
-    body = body[:MAX_BODY - 1]
+@given(
+    body=_bodies,
+    cuts=st.lists(st.integers(1, 400), max_size=8),
+    corruption=st.sampled_from(
+        [None, "bad-size", "no-crlf", "extension", "huge-size", "negative", "with-length"]
+    ),
+)
+def test_chunked_uploads(
+    router: RouterProcess, body: bytes, cuts: list[int], corruption: str | None
+) -> None:
+    body = body[: MAX_BODY - 1]
     pieces, rest = [], body
     for cut in cuts:
         if not rest:
@@ -241,8 +383,10 @@ def test_chunked_uploads(router: RouterProcess, body: bytes, cuts: list[int],
         pieces.append(rest)
     chunks = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces if p)
     end = b"0\r\n\r\n"
-    head = (b"POST /v1/completions HTTP/1.1\r\nhost: r\r\ntransfer-encoding: chunked\r\n"
-            b"connection: close\r\n")
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: r\r\ntransfer-encoding: chunked\r\n"
+        b"connection: close\r\n"
+    )
     if corruption == "bad-size":
         chunks = b"zz\r\n" + chunks
     elif corruption == "no-crlf":
@@ -263,8 +407,11 @@ def test_chunked_uploads(router: RouterProcess, body: bytes, cuts: list[int],
 def test_an_unfinished_upload_is_cut(router: RouterProcess) -> None:
     """A chunked upload that never ends gets a 408 at the read timeout."""
     started = time.monotonic()
-    answer = exchange(router.port, b"POST /v1/completions HTTP/1.1\r\nhost: r\r\n"
-                                   b"transfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n")
+    answer = exchange(
+        router.port,
+        b"POST /v1/completions HTTP/1.1\r\nhost: r\r\n"
+        b'transfer-encoding: chunked\r\n\r\n5\r\n{"a":\r\n',
+    )
     assert answer.status == 408, answer.body
     assert json.loads(answer.body)["error"]["type"] == "RequestTimeoutError"
     assert time.monotonic() - started < READ_TIMEOUT + 3.0
@@ -280,8 +427,9 @@ def test_slow_clients_are_cut_and_do_not_block_others(router: RouterProcess) -> 
     """Slowloris: many connections dribble a request head; good requests are
     still served at once, and every slow connection is answered 408 (JSON)
     and closed once the read timeout passes."""
-    slow = [socket.create_connection((HOST, router.port), timeout=ANSWER_DEADLINE)
-            for _ in range(30)]
+    slow = [
+        socket.create_connection((HOST, router.port), timeout=ANSWER_DEADLINE) for _ in range(30)
+    ]
     silent = socket.create_connection((HOST, router.port), timeout=ANSWER_DEADLINE)
     try:
         for s in slow:
