@@ -45,19 +45,6 @@ _js = json.dumps
 _QUIET_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics", b"/internal/snapshot"})
 
 
-def conn_task_done(conn: ClientConnection) -> Any:
-    """A done callback for a request's task: a bug in it must still answer
-    the client (500) and be logged, never leave the connection hanging."""
-
-    def done(task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        log.error("request task failed", exc_info=task.exception())
-        conn.internal_error(task)
-
-    return done
-
-
 class InternalConnection(ClientConnection):
     """A connection on the per-process control socket (``--processes N``)."""
 
@@ -141,7 +128,7 @@ class Router(Handler):
             # The loop is cached: asyncio.get_running_loop() costs a getpid()
             # system call, and this is the per-request path.
             task = self.loop.create_task(proxy_inference(self, conn, req, inf, table))
-            task.add_done_callback(conn_task_done(conn))
+            task.add_done_callback(conn.task_done)
             return task
         if req.method == b"GET":
             if path == b"/healthz":
@@ -154,12 +141,12 @@ class Router(Handler):
                     self._plain(conn, req, 503, "No routing table has been loaded yet.")
                     return None
                 task = self.loop.create_task(proxy_models(self, conn, req, table))
-                task.add_done_callback(conn_task_done(conn))
+                task.add_done_callback(conn.task_done)
                 return task
             elif path in (b"/metrics", b"/debug/backends"):
                 if self.settings.processes > 1:
                     task = self.loop.create_task(self._pod_view(conn, path))
-                    task.add_done_callback(conn_task_done(conn))
+                    task.add_done_callback(conn.task_done)
                     return task
                 self._answer_view(conn, path, self.snapshot())
             elif path == b"/internal/snapshot" and getattr(conn, "internal", False):

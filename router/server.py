@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 from kubeinfer.router.errors import error_body
+
+log = logging.getLogger("kubeinfer.router")
 
 if TYPE_CHECKING:
     from kubeinfer.router.upstream import Exchange
@@ -108,6 +111,8 @@ class ClientConnection(asyncio.Protocol):
         # idle for longer than its request read timeout (slow clients).
         self.idle_since: float | None = None
         self._in_message = False
+        # An error for bad input that arrived while a request was in flight.
+        self._deferred_error: tuple[int, str] | None = None
         # Request being parsed.
         self._url = b""
         self._headers: list[bytes] = []
@@ -260,6 +265,13 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.resume_reading()
             self._run(self.pending.popleft())
+        elif self._deferred_error is not None:
+            status, message = self._deferred_error
+            self._deferred_error = None
+            self.busy = True
+            self.head_only = False
+            self.close_after = True
+            self.respond_error(status, message)
         else:
             self.idle_since = self.handler.clock()
 
@@ -347,9 +359,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.close()
 
-    def internal_error(self, task: asyncio.Task[None]) -> None:
-        """A request's task failed unexpectedly: answer 500 if nothing was sent
-        yet, else cut the connection (a half-sent answer can't be finished)."""
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        """A request's task ended. A bug in it must still answer the client
+        (500 if nothing was sent yet, else a cut connection: a half-sent
+        answer can't be finished) and be logged, never leave it hanging."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("request task failed", exc_info=task.exception())
         if self.task is not task or self.closed:
             return
         if self.head_sent:
@@ -365,10 +381,15 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, status: int, message: str) -> None:
         """Answer and close: the rest of the stream can't be trusted."""
         self._rejected = True
+        if self.busy:
+            # Good requests read before are answered first (found by the
+            # fuzz tests: bytes after a `connection: close` request used to
+            # cut it). The error follows unless the client said it sends
+            # nothing more; then the connection closes.
+            if not self.close_after:
+                self._deferred_error = (status, message)
+            return
         self.close_after = True
         self.pending.clear()
-        if self.busy:
-            self.abort()
-            return
         self.busy = True
         self.respond_error(status, message)

@@ -343,6 +343,8 @@ def _request(
     body=b'{"model":"tiny","prompt":"x","user":"\\ud800"}',
 )  # lone surrogate: task crashed
 @example(method="HEAD", path="/healthz", headers=[], length=None, body=b"")  # body after HEAD
+# Bytes after a `connection: close` request cut the request in flight (long profile).
+@example(method="GET", path="/v1/models", headers=[], length=None, body=b"{}")
 def test_any_request_gets_a_well_formed_answer(
     router: RouterProcess,
     method: str,
@@ -415,6 +417,46 @@ def test_an_unfinished_upload_is_cut(router: RouterProcess) -> None:
     assert answer.status == 408, answer.body
     assert json.loads(answer.body)["error"]["type"] == "RequestTimeoutError"
     assert time.monotonic() - started < READ_TIMEOUT + 3.0
+    router.alive()
+
+
+class _Unclosable:
+    """One buffered reader under several ``http.client`` responses."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.file = sock.makefile("rb")
+
+    def makefile(self, *_: object, **__: object) -> _Unclosable:
+        return self
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+    def close(self) -> None:
+        pass
+
+
+def test_garbage_after_a_good_request_gets_its_own_answer(router: RouterProcess) -> None:
+    """Pipelined: a good request in flight, then bytes that are no HTTP. The
+    good one is answered, then a 400 for the rest, then the connection closes."""
+    raw = (
+        b"GET /v1/models HTTP/1.1\r\nhost: r\r\n\r\n"
+        b"POST /v1/completions HTTP/1.1\r\nhost: r\r\ncontent-length: %d\r\n\r\n%b"
+        b"\x00\x01 not http\r\n\r\n" % (len(GOOD), GOOD)
+    )
+    with socket.create_connection((HOST, router.port), timeout=ANSWER_DEADLINE) as sock:
+        sock.sendall(raw)
+        shared = _Unclosable(sock)
+        statuses = []
+        for _ in range(3):
+            resp = http.client.HTTPResponse(shared)  # type: ignore[arg-type]
+            resp.begin()
+            body = resp.read()
+            statuses.append(resp.status)
+        assert statuses == [200, 200, 400], statuses
+        assert json.loads(body)["error"]["code"] == 400
+        assert resp.getheader("connection") == "close"
+        assert shared.file.read() == b""  # closed
     router.alive()
 
 
