@@ -150,8 +150,10 @@ def dry_run(kube: KubeClient, namespace: str, spec: dict[str, Any]) -> dict[str,
 
 def names_a_field(message: str, changes: list[tuple[tuple[str, ...], Any]]) -> bool:
     words = set(re.findall(r"[A-Za-z][A-Za-z0-9]*", message))
-    # The changed field itself, not only its section ("model" is in many messages).
-    return any(path[-1] in words for path, _ in changes)
+    # The changed field, or its parent (setting one field of an absent
+    # object can leave a required sibling missing: "secretRef.name:
+    # Required value"); not just any section ("model" is in many messages).
+    return any(key in words for path, _ in changes for key in path[-2:])
 
 
 BASE = simulated_service("base", replicas=1)["spec"]
