@@ -62,6 +62,63 @@ def router_rules(routes_configmap: str) -> list[dict[str, Any]]:
     ]
 
 
+SPEC_GUARD_MESSAGE = (
+    "the kubeinfer operator may not change an InferenceService's spec: it writes "
+    "metadata, and status and replicas through their subresources"
+)
+
+
+def operator_spec_guard(
+    namespace: str, service_account: str = OPERATOR_NAME, name: str = f"{OPERATOR_NAME}-spec-guard"
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: the operator's identity
+    may not change an InferenceService's spec.
+
+    RBAC can't say this: kopf needs ``patch`` on the object itself for its
+    annotations and finalizer, and ``patch`` covers the spec too. The API
+    server's own admission (CEL) closes the gap; the scale subresource,
+    which the autoscaler uses, is a different resource and stays allowed.
+    The Helm chart renders the same objects (templates/specguard.yaml).
+    """
+    username = f"system:serviceaccount:{namespace}:{service_account}"
+    labels = {"app.kubernetes.io/name": "kubeinfer"}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": ["*"],
+                        "operations": ["UPDATE"],
+                        "resources": [PLURAL],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {"name": "operator", "expression": f"request.userInfo.username == '{username}'"}
+            ],
+            "validations": [
+                {
+                    "expression": "object.spec == oldObject.spec",
+                    "message": SPEC_GUARD_MESSAGE,
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
 VIEWER_NAME = "kubeinfer-viewer"
 
 

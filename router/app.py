@@ -127,7 +127,9 @@ class Router(Handler):
                 return None
             # The loop is cached: asyncio.get_running_loop() costs a getpid()
             # system call, and this is the per-request path.
-            return self.loop.create_task(proxy_inference(self, conn, req, inf, table))
+            task = self.loop.create_task(proxy_inference(self, conn, req, inf, table))
+            task.add_done_callback(conn.task_done)
+            return task
         if req.method == b"GET":
             if path == b"/healthz":
                 conn.respond(200, b'{"status":"ok"}')
@@ -138,10 +140,14 @@ class Router(Handler):
                 if table is None:
                     self._plain(conn, req, 503, "No routing table has been loaded yet.")
                     return None
-                return self.loop.create_task(proxy_models(self, conn, req, table))
+                task = self.loop.create_task(proxy_models(self, conn, req, table))
+                task.add_done_callback(conn.task_done)
+                return task
             elif path in (b"/metrics", b"/debug/backends"):
                 if self.settings.processes > 1:
-                    return self.loop.create_task(self._pod_view(conn, path))
+                    task = self.loop.create_task(self._pod_view(conn, path))
+                    task.add_done_callback(conn.task_done)
+                    return task
                 self._answer_view(conn, path, self.snapshot())
             elif path == b"/internal/snapshot" and getattr(conn, "internal", False):
                 conn.respond(200, json.dumps(self.snapshot()).encode())
@@ -318,7 +324,21 @@ class Router(Handler):
             self.servers.append(await loop.create_unix_server(
                 lambda: InternalConnection(self), path))
         await self.health.start()
+        self.spawn(self._cut_slow_clients(), "cut-slow-clients")
         return self.port
+
+    async def _cut_slow_clients(self) -> None:
+        """Close connections that took longer than the read timeout to send a
+        whole request: one sweep instead of a timer per request keeps the
+        per-request path free of timer bookkeeping."""
+        limit = self.settings.request_read_timeout
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            cutoff = time.monotonic() - limit
+            for conn in list(self.connections):
+                since = conn.idle_since
+                if since is not None and since < cutoff:
+                    conn.read_timed_out()
 
     def spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

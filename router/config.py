@@ -40,6 +40,10 @@ class Settings:
     stats_window: int = 60
     upstream_idle_timeout: float = 4.0
     drain_seconds: float = 30.0
+    # Seconds a client has to send a whole request (head and body) once its
+    # connection is idle: slow or silent clients (slowloris) are cut, with a
+    # 408 when a request had begun. nginx's client_header_timeout is 60 s.
+    request_read_timeout: float = 60.0
     reload_interval: float = 1.0
     # Clients must send `Authorization: Bearer <key>` when set.
     api_key: str | None = field(default_factory=lambda: os.environ.get(ENV_API_KEY) or None)

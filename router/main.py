@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vLLM closes them after 5)")
     p.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
                    help="on SIGTERM, wait this long for requests in flight (default 30)")
+    p.add_argument("--request-read-timeout", type=float, default=d.request_read_timeout,
+                   help="seconds a client has to send a whole request once its connection is "
+                        f"idle; slower clients are cut (default {d.request_read_timeout:g})")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--control-dir", help=argparse.SUPPRESS)
     return p
@@ -97,6 +100,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         stats_window=args.stats_window,
         upstream_idle_timeout=args.upstream_idle_timeout,
         drain_seconds=args.drain_seconds,
+        request_read_timeout=args.request_read_timeout,
         worker_index=args.worker_index,
         control_dir=args.control_dir,
     )

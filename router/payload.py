@@ -39,6 +39,9 @@ def parse_inference(body: bytes, *, chat: bool) -> Inference:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"The request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level (found by the fuzz tests).
+        raise BadRequestError("The request body is nested too deeply.") from None
     if not isinstance(payload, dict):
         raise BadRequestError("The request body must be a JSON object.")
     model = payload.get("model")
@@ -68,7 +71,8 @@ def affinity_key(req: Inference, session_id: bytes | None, prefix_length: int) -
         return stable_hash(b"s:" + session_id)
     user = req.payload.get("user")
     if isinstance(user, str) and user:
-        return stable_hash(b"u:" + user.encode())
+        # A lone surrogate ("\ud800") is valid JSON but not encodable UTF-8.
+        return stable_hash(b"u:" + user.encode("utf-8", "surrogatepass"))
     prefix = _prompt_prefix(req.payload, prefix_length)
     if not prefix:
         return None

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 from kubeinfer.router.errors import error_body
+
+log = logging.getLogger("kubeinfer.router")
 
 if TYPE_CHECKING:
     from kubeinfer.router.upstream import Exchange
@@ -32,6 +35,8 @@ HOP_BY_HOP = frozenset({
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 # llhttp itself has no limit on the request line and headers.
 MAX_HEAD_BYTES = 64 * 1024
+# How long a rejected client may go on sending before the connection is cut.
+LINGER_SECONDS = 2.0
 
 
 def status_line(status: int) -> bytes:
@@ -97,6 +102,17 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.timed_out = False
         self.close_after = False
+        # A HEAD request gets the head of the answer only (RFC 9110 9.3.2).
+        self.head_only = False
+        # Whether the running request's response head went out.
+        self.head_sent = False
+        # When the connection last became idle (waiting for a whole request);
+        # None while a request is being served. The router cuts connections
+        # idle for longer than its request read timeout (slow clients).
+        self.idle_since: float | None = None
+        self._in_message = False
+        # An error for bad input that arrived while a request was in flight.
+        self._deferred_error: tuple[int, str] | None = None
         # Request being parsed.
         self._url = b""
         self._headers: list[bytes] = []
@@ -114,6 +130,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.idle_since = self.handler.clock()
         self.handler.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -156,6 +173,7 @@ class ClientConnection(asyncio.Protocol):
         self._authorization = None
         self._expect_continue = False
         self._started = self.handler.clock()
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -203,8 +221,10 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if self._rejected:
             return
+        self.idle_since = None
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = Request(
             self.parser.get_method(), self._url, b"".join(self._headers), body,
@@ -224,7 +244,12 @@ class ClientConnection(asyncio.Protocol):
     def _run(self, req: Request) -> None:
         self.busy = True
         self.timed_out = False
-        self.close_after = not req.keep_alive
+        self.head_sent = False
+        self.head_only = req.method == b"HEAD"
+        # Nothing after a HEAD's bodiless answer is worth the risk of a
+        # client that reads one anyway.
+        self.close_after = not req.keep_alive or self.head_only
+        self.idle_since = None
         self.task = self.handler.dispatch(self, req)
 
     def _done(self) -> None:
@@ -240,6 +265,15 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.resume_reading()
             self._run(self.pending.popleft())
+        elif self._deferred_error is not None:
+            status, message = self._deferred_error
+            self._deferred_error = None
+            self.busy = True
+            self.head_only = False
+            self.close_after = True
+            self.respond_error(status, message)
+        else:
+            self.idle_since = self.handler.clock()
 
     def _write(self, data: bytes) -> None:
         t = self.transport
@@ -251,10 +285,11 @@ class ClientConnection(asyncio.Protocol):
         """Send a whole response and move on to the next request."""
         if self.close_after or self.handler.draining:
             headers += b"connection: close\r\n"
+        self.head_sent = True
         self._write(
             status_line(status)
             + b"content-type: " + content_type + b"\r\ncontent-length: %d\r\n" % len(body)
-            + headers + b"\r\n" + body
+            + headers + b"\r\n" + (b"" if self.head_only else body)
         )
         self._done()
 
@@ -262,8 +297,9 @@ class ClientConnection(asyncio.Protocol):
         """Send a whole response whose headers (content-type included) are given."""
         if self.close_after or self.handler.draining:
             headers += b"connection: close\r\n"
+        self.head_sent = True
         self._write(status_line(status) + headers + b"content-length: %d\r\n\r\n" % len(body)
-                    + body)
+                    + (b"" if self.head_only else body))
         self._done()
 
     def respond_error(self, status: int, message: str, *, param: str | None = None,
@@ -274,6 +310,7 @@ class ClientConnection(asyncio.Protocol):
         """Send the head of a chunked response; returns the chunk writer."""
         if self.close_after or self.handler.draining:
             headers += b"connection: close\r\n"
+        self.head_sent = True
         self._write(status_line(status) + headers + b"transfer-encoding: chunked\r\n\r\n")
         return self.write_chunk
 
@@ -293,13 +330,49 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if self._rejected and t.can_write_eof():
+            # Lingering close (nginx's lingering_close): after an error the
+            # client may still be sending; closing with unread data makes the
+            # kernel send a reset that can destroy our answer before the
+            # client reads it. Half-close, discard what still comes, and
+            # give up on the client after a moment.
+            t.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, t.abort)
+            return
+        t.close()
 
     def on_deadline(self) -> None:
         if self.task is not None and not self.task.done():
             self.timed_out = True
             self.task.cancel()
+
+    def read_timed_out(self) -> None:
+        """The client took too long to send a request: answer 408 if one had
+        begun (the rest of the stream can't be trusted), else just close."""
+        if self.busy or self.closed:
+            return
+        if self._in_message and not self._rejected:
+            self._reject(408, "The request was not received in time.")
+        else:
+            self.close()
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        """A request's task ended. A bug in it must still answer the client
+        (500 if nothing was sent yet, else a cut connection: a half-sent
+        answer can't be finished) and be logged, never leave it hanging."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("request task failed", exc_info=task.exception())
+        if self.task is not task or self.closed:
+            return
+        if self.head_sent:
+            self.abort()
+            return
+        self.close_after = True
+        self.respond_error(500, "Internal error in the router; the request was not served.")
 
     def _too_large(self) -> None:
         self._reject(413, f"Request body is larger than the limit of "
@@ -308,10 +381,15 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, status: int, message: str) -> None:
         """Answer and close: the rest of the stream can't be trusted."""
         self._rejected = True
+        if self.busy:
+            # Good requests read before are answered first (found by the
+            # fuzz tests: bytes after a `connection: close` request used to
+            # cut it). The error follows unless the client said it sends
+            # nothing more; then the connection closes.
+            if not self.close_after:
+                self._deferred_error = (status, message)
+            return
         self.close_after = True
         self.pending.clear()
-        if self.busy:
-            self.abort()
-            return
         self.busy = True
         self.respond_error(status, message)

@@ -25,6 +25,10 @@ from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.topology import GPU_RESOURCE, NodeGroup, Topology
 from kubeinfer.localcluster.waiting import wait_for
 from kubeinfer.operator.api.constants import IMAGE_REPOSITORY_WORKER
+from kubeinfer.operator.builders.common import (
+    restricted_container_security,
+    restricted_pod_security,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -59,13 +63,19 @@ def runtime_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
         "image": OUR_IMAGE,
         "command": [sys.executable, "-c", script],
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "securityContext": restricted_container_security(),
         **spec.pop("container", {}),
     }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"terminationGracePeriodSeconds": 5, "containers": [container], **spec},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [container],
+            "securityContext": restricted_pod_security(),
+            **spec,
+        },
     }
 
 
@@ -77,8 +87,10 @@ def fake_pod(name: str, gpus: int) -> dict[str, Any]:
         "spec": {
             "containers": [
                 {"name": "main", "image": FAKE_IMAGE,
-                 "resources": {"limits": {GPU_RESOURCE: str(gpus)}}}
+                 "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
+                 "securityContext": restricted_container_security()}
             ],
+            "securityContext": restricted_pod_security(),
         },
     }  # fmt: skip
 
@@ -213,7 +225,11 @@ def test_deployment_gets_ready_pods(kube: KubeClient, namespace: str) -> None:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": FAKE_IMAGE}]},
+                "spec": {
+                    "containers": [{"name": "main", "image": FAKE_IMAGE,
+                                    "securityContext": restricted_container_security()}],
+                    "securityContext": restricted_pod_security(),
+                },
             },
         },
     }

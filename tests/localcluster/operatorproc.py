@@ -36,6 +36,7 @@ from kubeinfer.operator.rbac import (
     OPERATOR_NAME,
     operator_cluster_role,
     operator_cluster_role_binding,
+    operator_spec_guard,
 )
 
 OPERATOR_NAMESPACE = "kubeinfer-system"
@@ -71,6 +72,7 @@ def install_operator_identity(kube: KubeClient, state: ClusterState, out: Path) 
         },
         operator_cluster_role(),
         operator_cluster_role_binding(OPERATOR_NAMESPACE),
+        *operator_spec_guard(OPERATOR_NAMESPACE),
     ):
         apply_object(kube, obj)
     token = kube.create(

@@ -7,7 +7,8 @@
   Set KUBEINFER_TEST_CLUSTER_DIR to use a cluster you started by hand
   (`kubeinfer cluster up`); it is then left running.
 - `kube` (session): a synchronous admin client (dicts) with `kubectl(...)`.
-- `namespace` (function): a fresh namespace per test, deleted afterwards
+- `namespace` (function): a fresh namespace per test under Pod Security
+  "restricted" (enforced by the API server), deleted afterwards
   (the fixture waits until its pods are gone, so tests don't see each
   other's pods or GPUs).
 - `kube_api` (function, async): a kubernetes_asyncio ApiClient as the admin.
@@ -81,11 +82,22 @@ def _namespace_name(node: pytest.Item) -> str:
     return f"t-{slug}-{uuid.uuid4().hex[:6]}"
 
 
+# Every test namespace enforces the "restricted" Pod Security Standard
+# (the API server's built-in PodSecurity admission): each pod the operator
+# creates must pass it, as in a hardened production namespace.
+RESTRICTED_LABELS = {
+    f"pod-security.kubernetes.io/{mode}{suffix}": value
+    for mode in ("enforce", "warn", "audit")
+    for suffix, value in (("", "restricted"), ("-version", "latest"))
+}
+
+
 @pytest.fixture
 def namespace(kube: KubeClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace (with its default ServiceAccount), removed after the test."""
+    """A fresh namespace (with its default ServiceAccount) under Pod Security
+    "restricted", removed after the test."""
     name = _namespace_name(request.node)
-    kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    kube.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": RESTRICTED_LABELS}})
     # The ServiceAccount admission plugin rejects pods until this exists.
     wait_for(
         lambda: kube.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),

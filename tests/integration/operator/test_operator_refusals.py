@@ -17,6 +17,10 @@ from kubeinfer.localcluster.operatorproc import (
     wait_condition,
 )
 from kubeinfer.localcluster.waiting import wait_for
+from kubeinfer.operator.builders.common import (
+    restricted_container_security,
+    restricted_pod_security,
+)
 
 pytestmark = pytest.mark.cluster
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"
@@ -53,7 +57,10 @@ def worker_pods_denied(kube: KubeClient, namespace: str) -> Iterator[str]:
         pod = {
             "metadata": {"name": f"probe-{len(attempts)}",
                          "labels": {"app.kubernetes.io/component": "worker"}},
-            "spec": {"containers": [{"name": "c", "image": "example.com/x:1"}]},
+            # Pod Security "restricted" would refuse it first otherwise.
+            "spec": {"containers": [{"name": "c", "image": "example.com/x:1",
+                                     "securityContext": restricted_container_security()}],
+                     "securityContext": restricted_pod_security()},
         }  # fmt: skip
         try:
             kube.create(f"/api/v1/namespaces/{namespace}/pods", pod)

@@ -27,7 +27,12 @@ from kubeinfer.operator.docgen import render_cluster_role
 from kubeinfer.operator.monitoring.alerts import rules_file
 from kubeinfer.operator.monitoring.dashboards import render_dashboards
 from kubeinfer.operator.monitoring.scrape import pod_monitor_relabelings
-from kubeinfer.operator.rbac import operator_rules, viewer_cluster_role, viewer_rules
+from kubeinfer.operator.rbac import (
+    operator_rules,
+    operator_spec_guard,
+    viewer_cluster_role,
+    viewer_rules,
+)
 
 Validate = Callable[[dict[str, Any]], None]
 Render = Callable[..., list[dict[str, Any]]]
@@ -150,12 +155,18 @@ MONITORING_ON: dict[str, Any] = {
 # here; TestMonitoring checks their content.
 PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
 
+# What rbac.create adds: the ClusterRole and its binding, and the spec guard.
+RBAC_KINDS = [
+    "ClusterRole", "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+]  # fmt: skip
+
 # Values the chart must render into valid objects, each with what to expect.
 CASES: list[tuple[str, dict[str, Any], Collection[str]]] = [
     (
         "defaults",
         {},
-        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"},
+        ["ServiceAccount", *RBAC_KINDS, "Service", "Deployment"],
     ),
     (
         "everything on",
@@ -186,7 +197,7 @@ CASES: list[tuple[str, dict[str, Any], Collection[str]]] = [
                 }
             },
         },
-        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"},
+        ["ServiceAccount", *RBAC_KINDS, "Service", "Deployment"],
     ),
     (
         "bring your own service account and RBAC",
@@ -196,12 +207,12 @@ CASES: list[tuple[str, dict[str, Any], Collection[str]]] = [
     (
         "no metrics service",
         {"metrics": {"enabled": False}},
-        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"},
+        ["ServiceAccount", *RBAC_KINDS, "Deployment"],
     ),
     (
         "monitoring on",
         MONITORING_ON,
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+        ["ServiceAccount", *RBAC_KINDS, "Service", "Deployment",
          "ServiceMonitor", "PodMonitor", "PodMonitor", "PrometheusRule",
          "ConfigMap", "ConfigMap", "ConfigMap"],
     ),
@@ -224,7 +235,7 @@ class TestRenderedObjects:
         for obj in objects:
             if obj["apiVersion"] != PROMETHEUS_OPERATOR_API:
                 valid_manifest(obj)
-            if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            if obj["kind"] not in RBAC_KINDS:
                 assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
 
     def test_crds_render_with_include_crds(self, render: Render, valid_manifest: Validate) -> None:
@@ -236,6 +247,20 @@ class TestRenderedObjects:
 class TestRBAC:
     def test_cluster_role_grants_exactly_rbac_py(self, render: Render) -> None:
         assert one(render(), "ClusterRole")["rules"] == operator_rules()
+
+    @pytest.mark.parametrize(
+        ("values", "account"),
+        [({}, "kubeinfer"), ({"serviceAccount": {"name": "ops"}}, "ops")],
+    )
+    def test_spec_guard_is_rbac_py_for_the_operator_account(
+        self, render: Render, values: dict[str, Any], account: str
+    ) -> None:
+        objects = render(values)
+        policy, binding = operator_spec_guard(NAMESPACE, account, name="kubeinfer-spec-guard")
+        for expected in (policy, binding):
+            got = one(objects, expected["kind"])
+            assert got["spec"] == expected["spec"]
+            assert got["metadata"]["name"] == expected["metadata"]["name"]
 
     def test_viewer_role_is_optional_and_read_only(self, render: Render) -> None:
         roles = [o for o in render({"rbac": {"viewer": True}}) if o["kind"] == "ClusterRole"]

@@ -30,6 +30,9 @@ from kubeinfer.router.payload import (
         (b'{"model": "m", "messages": []}', True, "messages"),
         (b'{"model": "m", "messages": "hi"}', True, "messages"),
         (b'{"model": "m", "prompt": "x", "stream": "yes"}', False, "stream"),
+        # Found by the fuzz tests: json's C scanner raised RecursionError.
+        (b"[" * 100_000 + b"]" * 100_000, False, None),
+        (b'{"model": "m", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", False, None),
     ],
 )
 def test_bad_bodies(body: bytes, chat: bool, param: str | None) -> None:
@@ -155,3 +158,13 @@ def test_tables_parse_from_json_and_yaml(text: str) -> None:
 def test_bad_tables_say_why(text: str, needle: str) -> None:
     with pytest.raises(TableError, match=needle):
         parse_table(text)
+
+
+def test_lone_surrogates_hash_instead_of_raising() -> None:
+    """Found by the fuzz tests: a lone surrogate is valid JSON (``"\\ud800"``)
+    but not encodable UTF-8; the affinity key must not crash the request."""
+    a = parse_inference(b'{"model": "m", "prompt": "x", "user": "\\ud800"}', chat=False)
+    b = parse_inference(b'{"model": "m", "prompt": "x", "user": "\\ud801"}', chat=False)
+    assert affinity_key(a, None, 100) != affinity_key(b, None, 100)
+    c = parse_inference(b'{"model": "m", "prompt": "\\udfff and more"}', chat=False)
+    assert affinity_key(c, None, 100) is not None
