@@ -49,7 +49,7 @@ async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_
     memo["wakeups"] = {}
     options = memo["options"]
     memo["ctx"] = OperatorContext(
-        kube=await KubeClient.connect(),
+        kube=await KubeClient.connect(fence=options.fence),
         http=aiohttp.ClientSession(),
         images=options.images,
         resync_seconds=options.resync_seconds,
