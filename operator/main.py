@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 import kopf
@@ -36,6 +36,8 @@ class Options:
     fleet: FleetCollector
     # Leader election's check before every write (None: no election).
     fence: Callable[[], None] | None = None
+    # Leader election's identity: kopf's Events name it as reportingInstance.
+    identity: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,7 +178,7 @@ async def serve_elected(
         # every task younger than itself) leaves it alone.
         holding = asyncio.create_task(elector.hold(), name="lease renewal")
         running = asyncio.create_task(
-            run_kopf(args, Options(**{**vars(options), "fence": elector.fence}), stop, ready),
+            run_kopf(args, replace(options, fence=elector.fence, identity=identity), stop, ready),
             name="kopf",
         )
         await asyncio.wait({holding, running}, return_when=asyncio.FIRST_COMPLETED)

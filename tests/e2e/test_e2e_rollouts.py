@@ -10,7 +10,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +21,16 @@ from kubeinfer.localcluster.operatorproc import (
     apply_isvc,
     get_isvc,
     router_url,
-    simulated_service,
     wait_condition,
     worker_pods,
 )
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
-from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.operator.api.constants import LABEL_REPLICA, LABEL_REVISION
+from rollout_helpers import rollout_phase, service, until
 
 # Each test drives whole rollouts (analysis windows, model loads) on 2 cores.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
-
-
-def service(name: str, replicas: int = 2, **simulator: Any) -> dict[str, Any]:
-    return simulated_service(
-        name,
-        replicas,
-        routing={"retries": 3},
-        rollout={"stepIntervalSeconds": 3, "analysis": {"minRequests": 10, "maxErrorRate": 0.05}},
-        worker={"simulator": simulator, "drainSeconds": 5},
-    )
-
-
-async def until(check: Callable[[], Any], within: float, what: str) -> Any:
-    async def probe() -> Any:
-        return await asyncio.to_thread(check)
-
-    poll: Callable[[], Awaitable[Any]] = probe
-    return await async_wait_for(poll, within, interval=0.3, what=what)
-
-
-def rollout_phase(kube: KubeClient, namespace: str, name: str) -> str:
-    return str(get_isvc(kube, namespace, name)["status"]["rollout"]["phase"])
 
 
 async def test_bad_canary_rolls_back_and_good_one_promotes_with_zero_failed_requests(
