@@ -12,6 +12,7 @@ desired state) are printed as ``[ha]`` lines; docs/ha.md has a run of them.
 
 import asyncio
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -34,7 +35,7 @@ from kubeinfer.localcluster.operatorproc import (
 )
 from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import wait_for
-from kubeinfer.operator.api.constants import LABEL_REPLICA, LABEL_REVISION
+from kubeinfer.operator.api.constants import KIND, LABEL_REPLICA, LABEL_REVISION
 from kubeinfer.operator.leader import EXIT_LEADERSHIP_LOST
 from kubeinfer.operator.lease import LeaseTimings
 from kubeinfer.operator.rollout import Trigger
@@ -92,14 +93,13 @@ class Pair:
         wait_for(lambda: standby.metric(*RECONCILES_OK) > 0, 30, interval=0.1, what="a reconcile")
         reconciling = time.monotonic() - killed_at
         self.leaders.append(heir)
-        # The killed one comes back, as the kubelet would restart it: a standby.
-        leader.start()
-        assert leader.health("/readyz") == (200, {"role": "standby", **_id(leader)})
-        return Takeover(killed_at, held, reconciling)
+        return Takeover(killed_at, held, reconciling, leader)
 
-
-def _id(process: OperatorProcess) -> dict[str, str]:
-    return {"identity": process.health()[1]["identity"]}
+    def restart(self, process: OperatorProcess) -> None:
+        """The killed one comes back, as the kubelet would restart it: a standby."""
+        process.start()
+        assert process.health("/readyz")[0] == 200
+        assert process.health()[1]["role"] == "standby"
 
 
 @dataclass
@@ -107,6 +107,7 @@ class Takeover:
     killed_at: float  # monotonic
     lease_held_after: float  # seconds from the kill to the standby holding the Lease
     reconciling_after: float  # ... to its first completed reconcile
+    killed: OperatorProcess
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +124,12 @@ def pair(
         for n in "ab"
     ]
     try:
-        for process in processes:
-            process.start()
+        starts = [threading.Thread(target=p.start) for p in processes]
+        for thread in starts:
+            thread.start()
+        for thread in starts:
+            thread.join()
+        assert all(p.running for p in processes)
         pair = Pair(kube, processes)
         pair.roles(timeout=30)
         yield pair
@@ -185,7 +190,9 @@ def new_transitions(kube: KubeClient, namespace: str, name: str, seen: set[str])
     events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     fresh = [
         e for e in events
-        if e["involvedObject"].get("name") == name and e["metadata"]["name"] not in seen
+        if e["involvedObject"]["kind"] == KIND
+        and e["involvedObject"].get("name") == name
+        and e["metadata"]["name"] not in seen
     ]  # fmt: skip
     seen.update(e["metadata"]["name"] for e in fresh)
     return Counter(
@@ -273,6 +280,8 @@ async def test_leader_killed_at_each_rollout_phase(
             )
             failed_before = Counter(load.outcomes)
             takeover = await asyncio.to_thread(pair.kill_leader)
+            # Back as a standby while the rollout goes on.
+            restarting = asyncio.create_task(asyncio.to_thread(pair.restart, takeover.killed))
 
             await until(
                 partial(finished, kube, namespace, name, good, before),
@@ -281,6 +290,7 @@ async def test_leader_killed_at_each_rollout_phase(
             )
             back = time.monotonic() - takeover.killed_at
             transitions = await asyncio.to_thread(new_transitions, kube, namespace, name, seen)
+            await restarting
             assert transitions == (GOOD if good else BAD), (moment, transitions)
             figures.append(
                 {
@@ -310,9 +320,7 @@ async def test_leader_killed_at_each_rollout_phase(
     assert history == ["Initial", "Promoted", "Promoted"]
     # Every event came from an operator while it led; the last standby wrote none.
     events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
-    posters = {
-        e.get("reportingInstance") for e in events if e["involvedObject"].get("name") == name
-    }
+    posters = {e.get("reportingInstance") for e in events if e["involvedObject"]["kind"] == KIND}
     assert posters <= set(pair.leaders), (posters, pair.leaders)
     _, standby = pair.roles()
     assert pair.identity(standby) not in posters
@@ -326,15 +334,25 @@ async def test_graceful_stop_hands_over_at_once_and_a_paused_leader_is_fenced(
     # Graceful: the leader releases the Lease once kopf has stopped.
     leader, standby = pair.roles()
     heir = pair.identity(standby)
-    stopping = asyncio.create_task(asyncio.to_thread(leader.stop))
+    exited: list[float] = []
+
+    def stop() -> None:
+        leader.stop()
+        exited.append(time.monotonic())
+
     sent = time.monotonic()
+    stopping = asyncio.create_task(asyncio.to_thread(stop))
     await until(lambda: lease_holder(kube) == heir, 30, "the hand-over on a graceful stop")
-    handed_over = time.monotonic() - sent
+    held = time.monotonic()
     await stopping
     assert leader.process.returncode == 0
-    say(f"graceful stop: standby held the lease {handed_over:.1f} s after SIGTERM")
-    # Far sooner than a lease: the Lease was released, not left to expire.
-    assert handed_over < timings.lease_duration
+    say(
+        f"graceful stop: standby held the lease {held - sent:.1f} s after SIGTERM, "
+        f"{held - exited[0]:+.1f} s after the old leader exited"
+    )
+    # Released, not left to expire: had it expired, the standby would have
+    # waited a lease after the last renewal (at most a retry before the exit).
+    assert held - exited[0] < timings.lease_duration - 2 * timings.retry_period - 2
     leader.start()
 
     # Paused (SIGSTOP) past its lease: the standby takes over; woken, the old
