@@ -122,13 +122,26 @@ async def run_kopf(
     )
 
 
-async def serve(args: argparse.Namespace, options: Options, host: str) -> None:
-    stop, ready = asyncio.Event(), asyncio.Event()
+def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    # kopf installs its own handlers once it runs; until then (standing by)
-    # these end the process.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+
+async def reclaim_signals(stop: asyncio.Event, ready: asyncio.Event) -> None:
+    """kopf installs its own signal handlers as it starts, and then leaves a
+    task waiting on our stop flag that only the flag ends (kopf's shutdown
+    would wait 5 s for it). Once kopf is up, signals set our flag again."""
+    await ready.wait()
+    stop_on_signals(stop)
+
+
+async def serve(args: argparse.Namespace, options: Options, host: str) -> None:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    stop_on_signals(stop)
+    # Created before kopf starts, so that kopf's shutdown (which cancels
+    # every task younger than itself) leaves it alone.
+    reclaiming = asyncio.create_task(reclaim_signals(stop, ready), name="signals")
     identity = args.leader_election_identity or default_identity(os.environ.get(c.ENV_POD_NAME))
     health = HealthState(identity=identity, ready=ready.is_set)
     runner = await start_health_server(health, host, args.health_port)
@@ -140,6 +153,7 @@ async def serve(args: argparse.Namespace, options: Options, host: str) -> None:
             return
         await serve_elected(args, options, identity, health, stop, ready)
     finally:
+        reclaiming.cancel()
         await runner.cleanup()
 
 
@@ -174,8 +188,7 @@ async def serve_elected(
         stopping.cancel()
         health.role = "leader"
         health.ready = ready.is_set
-        # Created before kopf starts, so that kopf's shutdown (which cancels
-        # every task younger than itself) leaves it alone.
+        # Before kopf starts, as reclaiming above.
         holding = asyncio.create_task(elector.hold(), name="lease renewal")
         running = asyncio.create_task(
             run_kopf(args, replace(options, fence=elector.fence, identity=identity), stop, ready),
