@@ -33,7 +33,7 @@ from kubeinfer.localcluster.operatorproc import (
     worker_pods,
 )
 from kubeinfer.localcluster.traffic import Load
-from kubeinfer.localcluster.waiting import wait_for
+from kubeinfer.localcluster.waiting import WaitTimeoutError, wait_for
 from kubeinfer.operator.api.constants import KIND, LABEL_REPLICA, LABEL_REVISION
 from kubeinfer.operator.leader import EXIT_LEADERSHIP_LOST
 from kubeinfer.operator.lease import LeaseTimings
@@ -196,24 +196,29 @@ def new_transitions(kube: KubeClient, namespace: str, name: str, seen: set[str])
     )
 
 
-# The rollout phase (status.rollout.phase) each kill waits for.
-PHASE_OF_MOMENT = {
-    "mid-analysis": "Analysing",
-    "mid-promotion": "Promoting",
-    "mid-rollback": "RollingBack",
-}
-
-
 def revisions(kube: KubeClient, namespace: str, name: str) -> set[str]:
     return {p["metadata"]["labels"][LABEL_REVISION] for p in worker_pods(kube, namespace, name)}
 
 
 def reached(kube: KubeClient, namespace: str, name: str, moment: str, before: str) -> bool:
-    """Whether the rollout away from ``before`` is at ``moment``."""
+    """Whether the rollout away from ``before`` is at ``moment``.
+
+    Promotion and rollback are decided in one reconcile pass; what follows
+    is the draining of the losing revision's pods (drainSeconds), which the
+    operator finishes after the phase has moved on (Idle, Failed): "mid"
+    means decided, with those pods still there."""
+    pods = revisions(kube, namespace, name)
     if moment == "canary pod created":
-        return bool(revisions(kube, namespace, name) - {before})
+        return bool(pods - {before})
     status = get_isvc(kube, namespace, name).get("status") or {}
-    return bool(status.get("rollout", {}).get("phase") == PHASE_OF_MOMENT[moment])
+    phase = status.get("rollout", {}).get("phase")
+    if moment == "mid-analysis":
+        return bool(phase == "Analysing")
+    if moment == "mid-promotion":
+        promoted = phase == "Idle" and status.get("stableRevision") != before
+        return (phase == "Promoting" or promoted) and before in pods
+    # mid-rollback: the canary's pods still there
+    return phase in ("RollingBack", "Failed") and bool(pods - {before})
 
 
 def finished(kube: KubeClient, namespace: str, name: str, good: bool, before: str) -> bool:
@@ -281,30 +286,33 @@ async def test_leader_killed_at_each_rollout_phase(
             # clients wait a moment, the router keeps serving.
             pair.restart(takeover.killed)
 
-            await until(
-                partial(finished, kube, namespace, name, good, before),
-                120,
-                f"the rollout after a kill at '{moment}' to finish",
-            )
+            try:
+                await until(
+                    partial(finished, kube, namespace, name, good, before),
+                    120,
+                    f"the rollout after a kill at '{moment}' to finish",
+                )
+            except WaitTimeoutError as error:
+                pods = [p["metadata"]["name"] for p in worker_pods(kube, namespace, name)]
+                raise AssertionError(f"{error}: status {status()}, pods {pods}") from error
             back = time.monotonic() - takeover.killed_at
             transitions = await asyncio.to_thread(new_transitions, kube, namespace, name, seen)
             assert transitions == (GOOD if good else BAD), (moment, transitions)
-            figures.append(
-                {
-                    "moment": moment,
-                    "lease": takeover.lease_held_after,
-                    "reconciling": takeover.reconciling_after,
-                    "back": back,
-                    "failed": load.outcomes["failed-plain"] - failed_before["failed-plain"],
-                    "broken": load.outcomes["failed-stream"] - failed_before["failed-stream"],
-                }
+            figure = {
+                "moment": moment,
+                "lease": takeover.lease_held_after,
+                "reconciling": takeover.reconciling_after,
+                "back": back,
+                "failed": load.outcomes["failed-plain"] - failed_before["failed-plain"],
+                "broken": load.outcomes["failed-stream"] - failed_before["failed-stream"],
+            }
+            figures.append(figure)
+            say(
+                f"killed {moment:<18}: standby held the lease after {figure['lease']:.1f} s, "
+                f"reconciled after {figure['reconciling']:.1f} s; back to the desired state "
+                f"after {figure['back']:.1f} s; failed requests {figure['failed']}, "
+                f"broken streams {figure['broken']}"
             )
-    for f in figures:
-        say(
-            f"killed {f['moment']:<18}: standby held the lease after {f['lease']:.1f} s, "
-            f"reconciled after {f['reconciling']:.1f} s; back to the desired state after "
-            f"{f['back']:.1f} s; failed requests {f['failed']}, broken streams {f['broken']}"
-        )
     say(f"traffic: {load.summary()}; most worker pods at once: {watch.most}")
     # No duplicated pods, ever; never more than replicas + maxSurge.
     assert watch.duplicates == [], watch.duplicates[:3]
