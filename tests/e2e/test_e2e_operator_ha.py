@@ -14,7 +14,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,8 +47,15 @@ TAKEOVER_TARGET_SECONDS = 15.0
 RECONCILES_OK = ("kubeinfer_operator_reconciles_total", '{result="ok"}')
 
 
-def say(line: str) -> None:
-    print(f"[ha] {line}", file=sys.__stderr__, flush=True)
+@pytest.fixture
+def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Print a figure line to the terminal, past pytest's capture."""
+
+    def _say(line: str) -> None:
+        with capsys.disabled():
+            print(f"\n[ha] {line}", flush=True)
+
+    return _say
 
 
 @dataclass
@@ -231,7 +238,7 @@ def finished(kube: KubeClient, namespace: str, name: str, good: bool, before: st
 
 
 async def test_leader_killed_at_each_rollout_phase(
-    kube: KubeClient, namespace: str, pair: Pair
+    kube: KubeClient, namespace: str, pair: Pair, say: Callable[[str], None]
 ) -> None:
     name = "ha"
     apply_isvc(kube, namespace, service(name, replicas=2))
@@ -333,7 +340,7 @@ async def test_leader_killed_at_each_rollout_phase(
 
 
 async def test_graceful_stop_hands_over_at_once_and_a_paused_leader_is_fenced(
-    kube: KubeClient, pair: Pair
+    kube: KubeClient, pair: Pair, say: Callable[[str], None]
 ) -> None:
     timings = LeaseTimings()
     # Graceful: the leader releases the Lease once kopf has stopped.
