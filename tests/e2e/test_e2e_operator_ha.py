@@ -237,11 +237,19 @@ def finished(kube: KubeClient, namespace: str, name: str, good: bool, before: st
     return phase == "Failed" and stable == before and revisions(kube, namespace, name) == {before}
 
 
+def ha_service(name: str, **simulator: Any) -> dict[str, Any]:
+    """rollout_helpers' service, judged on errors only: the subject here is
+    the hand-over, and p99 latency on a busy 2-core machine is noise."""
+    body = service(name, **simulator)
+    body["spec"]["rollout"]["analysis"].update(maxLatencyRatio=100, maxTtftRatio=100)
+    return body
+
+
 async def test_leader_killed_at_each_rollout_phase(
     kube: KubeClient, namespace: str, pair: Pair, say: Callable[[str], None]
 ) -> None:
     name = "ha"
-    apply_isvc(kube, namespace, service(name, replicas=2))
+    apply_isvc(kube, namespace, ha_service(name))
     wait_condition(kube, namespace, name, "Ready", timeout=90)
     leader, standby = pair.roles()
     # Exactly one reconciles: the standby has not, and says so.
@@ -279,7 +287,7 @@ async def test_leader_killed_at_each_rollout_phase(
         await until(lambda: load.total() >= 10, 30, "traffic to flow")
         for moment, simulator, good in scenarios:
             before = status()["stableRevision"]
-            apply_isvc(kube, namespace, service(name, **simulator))
+            apply_isvc(kube, namespace, ha_service(name, **simulator))
 
             await until(
                 partial(reached, kube, namespace, name, moment, before),
