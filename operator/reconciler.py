@@ -191,7 +191,9 @@ async def _create_pod(ctx: OperatorContext, pod: dict[str, Any], now: float) -> 
         # reached our index yet: the deterministic name makes it safe.
         logger.debug("pod %s exists already", key[1])
     except BaseException:
-        del ctx.unseen_creates[key]
+        # pop: a pass that saw the pod meanwhile may have forgotten it already
+        # (a KeyError here would hide the API server's answer from retry).
+        ctx.unseen_creates.pop(key, None)
         raise
 
 
