@@ -45,6 +45,7 @@ crds: install
 	$(BIN)/kubeinfer crds --out helm/kubeinfer/crds/
 	$(BIN)/kubeinfer rbac > helm/kubeinfer/files/operator-clusterrole.yaml
 	$(BIN)/kubeinfer rbac --viewer > helm/kubeinfer/files/viewer-clusterrole.yaml
+	$(BIN)/kubeinfer rbac --leader-election > helm/kubeinfer/files/operator-leader-election-role.yaml
 	$(BIN)/kubeinfer docs --out docs/api.md
 	$(BIN)/kubeinfer monitoring --out helm/kubeinfer/files
 

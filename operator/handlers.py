@@ -44,12 +44,15 @@ async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_
         prefix=c.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    options = memo["options"]
+    if options.identity:
+        # Events say which of the elected replicas posted them.
+        settings.posting.reporting_instance = options.identity
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo["wakeups"] = {}
-    options = memo["options"]
     memo["ctx"] = OperatorContext(
-        kube=await KubeClient.connect(),
+        kube=await KubeClient.connect(fence=options.fence),
         http=aiohttp.ClientSession(),
         images=options.images,
         resync_seconds=options.resync_seconds,

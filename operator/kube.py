@@ -8,6 +8,7 @@ to the API server.
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from kubeinfer.operator.api import constants as c
@@ -82,22 +83,28 @@ async def load_config() -> client.Configuration:
 class KubeClient:
     """Create, apply, patch, delete and read objects as dicts."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Callable[[], None] | None = None) -> None:
         self._api = api
+        # Called before every write: leader election's fence (leader.py),
+        # which ends a process that no longer holds the lease.
+        self._fence = fence
 
     @classmethod
     async def connect(
-        cls, kubeconfig: str | None = None, context: str | None = None
+        cls,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> "KubeClient":
         """In-cluster, or from the kubeconfig (``kubeconfig``, else
         KUBECONFIG, else ~/.kube/config) with ``context`` if given."""
         if kubeconfig is None and context is None:
-            return cls(client.ApiClient(configuration=await load_config()))
+            return cls(client.ApiClient(configuration=await load_config()), fence)
         configuration = client.Configuration()
         await config.load_kube_config(
             config_file=kubeconfig, context=context, client_configuration=configuration
         )
-        return cls(client.ApiClient(configuration=configuration))
+        return cls(client.ApiClient(configuration=configuration), fence)
 
     async def close(self) -> None:
         await self._api.close()
@@ -112,6 +119,8 @@ class KubeClient:
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
         """Raises NotFoundError (404), ConflictError (409) or ApiException."""
+        if self._fence is not None and method != "GET":
+            self._fence()
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -155,9 +164,7 @@ class KubeClient:
         """Any API path; errors other than 404/409 come back as ApiError
         with the API server's message (which names a missing permission)."""
         try:
-            return await self._call(
-                method, path, body=body, content_type=content_type, query=query
-            )
+            return await self._call(method, path, body=body, content_type=content_type, query=query)
         except ApiException as error:
             raise api_error(error) from error
 

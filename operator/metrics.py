@@ -40,6 +40,11 @@ EVENTS = Counter(
     "Transitions and actions posted as Kubernetes Events, by reason.",
     ["reason"],
 )
+LEADER = Gauge(
+    "kubeinfer_operator_leader",
+    "1 while this operator process holds the leader-election Lease (or runs "
+    "without leader election), 0 while it stands by.",
+)
 # Both results exist from the start, so rate() and alerts see a 0, not nothing.
 for _result in ("ok", "error"):
     RECONCILES.labels(_result)

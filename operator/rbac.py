@@ -119,6 +119,58 @@ def operator_spec_guard(
     return [policy, binding]
 
 
+LEASE_NAME = "kubeinfer-operator"
+LEADER_ELECTION_NAME = "kubeinfer-operator-leader-election"
+
+
+def leader_election_rules(lease_name: str = LEASE_NAME) -> list[dict[str, Any]]:
+    """Leader election (operator/leader.py), in the operator's own namespace:
+    read and renew one Lease, by name. ``create`` cannot be limited to a
+    name (the name is not known when a create is authorized), so it is
+    granted alone; the Lease then exists and the rest is by name. Hand-over
+    Events go through the ClusterRole's ``events``."""
+    return [
+        _rule(["coordination.k8s.io"], ["leases"], ["create"]),
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease_name],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def leader_election_role(
+    namespace: str, name: str = LEADER_ELECTION_NAME, lease_name: str = LEASE_NAME
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "kubeinfer"},
+        },
+        "rules": leader_election_rules(lease_name),
+    }
+
+
+def leader_election_role_binding(
+    namespace: str, service_account: str = OPERATOR_NAME, name: str = LEADER_ELECTION_NAME
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "kubeinfer"},
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+    }
+
+
 VIEWER_NAME = "kubeinfer-viewer"
 
 

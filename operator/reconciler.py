@@ -191,7 +191,9 @@ async def _create_pod(ctx: OperatorContext, pod: dict[str, Any], now: float) -> 
         # reached our index yet: the deterministic name makes it safe.
         logger.debug("pod %s exists already", key[1])
     except BaseException:
-        del ctx.unseen_creates[key]
+        # pop: a pass that saw the pod meanwhile may have forgotten it already
+        # (a KeyError here would hide the API server's answer from retry).
+        ctx.unseen_creates.pop(key, None)
         raise
 
 
@@ -241,27 +243,60 @@ async def _write_status(
     if new == old:
         return
     meta = isvc.metadata
-    await ctx.kube.merge_patch(c.KIND, meta.namespace, meta.name, {"status": new}, sub="status")
+    result = await ctx.kube.merge_patch(
+        c.KIND, meta.namespace, meta.name, {"status": new}, sub="status"
+    )
     key = (meta.namespace, meta.name)
-    stale = [meta.resource_version or ""]
     scaled = ctx.autoscaler.written.get(key)
+    ctx.written[key] = (
+        stale_versions(
+            ctx.written.get(key),
+            seen=meta.resource_version or "",
+            produced=(result.get("metadata") or {}).get("resourceVersion") or "",
+            scaled=scaled[0] if scaled is not None else None,
+        ),
+        new,
+    )
+
+
+def stale_versions(
+    previous: tuple[tuple[str, ...], dict[str, Any]] | None,
+    *,
+    seen: str,
+    produced: str,
+    scaled: str | None,
+) -> tuple[str, ...]:
+    """The versions of an object that predate (or are) our latest status write.
+
+    ``seen``: the version we planned on; ``produced``: the one our write
+    made (a body at it carries the status we wrote anyway). When we wrote
+    twice before the watch caught up (``previous`` still held), the first
+    write's versions stay stale: a body at one of them would otherwise
+    undo the second write and repeat its transition. The produced version
+    comes last."""
+    versions = [*(previous[0] if previous else ()), seen]
     if scaled is not None:
-        stale.append(scaled[0])
-    ctx.written[key] = (tuple(stale), new)
+        versions.append(scaled)
+    # Last: latest_body forgets the entry once the watch delivers it.
+    versions.append(produced)
+    return tuple(v for v in dict.fromkeys(versions) if v)
 
 
 def latest_body(
     written: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]], body: dict[str, Any]
 ) -> dict[str, Any]:
     """``body``, with the status we wrote if the watch has not caught up
-    (the object still has the resourceVersion it had before our write).
+    (the object still has a resourceVersion from before our write; the
+    last of the stale versions is the one our write produced).
     Forgets the written status once the watch has moved on."""
     meta = body.get("metadata") or {}
     key = (meta.get("namespace", ""), meta.get("name", ""))
     if key not in written:
         return body
     stale_versions, status = written[key]
-    if meta.get("resourceVersion") not in stale_versions:
+    version = meta.get("resourceVersion")
+    if version not in stale_versions or version == stale_versions[-1]:
+        # Moved on, or caught up with our latest write (its status is ours).
         del written[key]
         return body
     return {**body, "status": status}
@@ -331,9 +366,7 @@ async def reconcile(
     await _publish_table(ctx, isvc, plan)
     await _act_on_pods(ctx, isvc, plan, now)
     await _write_status(ctx, isvc, plan.status)
-    ctx.fleet.record(
-        isvc.metadata.namespace, isvc.metadata.name, isvc.spec.replicas, plan.status
-    )
+    ctx.fleet.record(isvc.metadata.namespace, isvc.metadata.name, isvc.spec.replicas, plan.status)
     for event in plan.events:
         logger.info(
             "%s/%s %s: %s", isvc.metadata.namespace, isvc.metadata.name, event.reason, event.message

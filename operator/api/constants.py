@@ -81,6 +81,10 @@ PROMETHEUS_NAME: Final = "prometheus"
 # local runtime runs every pod on the host network, so it sets this to the
 # pod IP and our processes bind only there.
 ENV_BIND_HOST: Final = "KUBEINFER_BIND_HOST"
+# The operator's own pod (downward API): the namespace of its leader-election
+# Lease, and the name its leader-election identity starts with.
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
 # Where a container writes its one-line failure reason. Kubernetes reads
 # /dev/termination-log; the local runtime points this at a per-pod file.
 ENV_TERMINATION_LOG: Final = "KUBEINFER_TERMINATION_LOG"

@@ -158,6 +158,16 @@ ALERTS: Final[tuple[Alert, ...]] = (
         "No operator exports metrics: nothing replaces failed workers or moves rollouts on.",
     ),
     Alert(
+        "KubeinferOperatorNoLeader",
+        "sum(kubeinfer_operator_leader) != 1",
+        "2m",
+        "critical",
+        "{{ $value }} kubeinfer operators lead (one should)",
+        "Operators are scraped but none holds the leader-election Lease (or, never "
+        "expected, more than one says it does): a takeover takes about 10 s, this lasted "
+        "2 minutes. With none, nothing replaces failed workers or moves rollouts on.",
+    ),
+    Alert(
         "KubeinferReconcileErrors",
         'sum(rate(kubeinfer_operator_reconciles_total{result="error"}[5m]))'
         " / sum(rate(kubeinfer_operator_reconciles_total[5m]))"

@@ -3,9 +3,10 @@ router and worker pods through Kubernetes service discovery against the
 local API server, with the chart's scrape configuration, rules and
 dashboards.
 
-The operator runs as a pod, installed by the chart (`helm install`); the
-session's operator process is stopped meanwhile, so that one operator acts
-on the InferenceService. (Not `operator.watchNamespaces`: with it, kopf
+The operator runs as pods, installed by the chart (`helm install`, two
+replicas electing a leader: both are scraped, one acts); the session's
+operator process is stopped meanwhile, so that only the chart's operators
+act on the InferenceService. (Not `operator.watchNamespaces`: with it, kopf
 first retries listing namespaces, which the least-privilege ClusterRole
 does not grant, for about 55 s.)
 
@@ -200,10 +201,11 @@ async def test_prometheus_sees_every_panel_and_the_alerts_fire(
         targets = prometheus.targets()
         components = sorted(t["labels"].get("app_kubernetes_io_component", "") for t in targets)
         up = all(t["health"] == "up" for t in targets)
-        return targets if up and components == ["operator", "router", "worker", "worker"] else None
+        expected = ["operator", "operator", "router", "worker", "worker"]
+        return targets if up and components == expected else None
 
-    targets = wait_for(all_up, 60, interval=0.5, what="4 healthy scrape targets")
-    step("4 targets up")
+    targets = wait_for(all_up, 60, interval=0.5, what="5 healthy scrape targets")
+    step("5 targets up (2 operators: leader and standby)")
     for target in targets:
         labels = target["labels"]
         assert labels["namespace"] == namespace

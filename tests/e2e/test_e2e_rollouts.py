@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,35 +30,13 @@ from kubeinfer.localcluster.operatorproc import (
 )
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
-from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.operator.api.constants import ANNOTATION_ROLLOUT, LABEL_REPLICA, LABEL_REVISION
 from kubeinfer.operator.api.debugbackends import DebugBackends
 from prometheus_client.parser import text_string_to_metric_families
+from rollout_helpers import rollout_phase, service, until
 
 # Each test drives whole rollouts (analysis windows, model loads) on 2 cores.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
-
-
-def service(name: str, replicas: int = 2, **simulator: Any) -> dict[str, Any]:
-    return simulated_service(
-        name,
-        replicas,
-        routing={"retries": 3},
-        rollout={"stepIntervalSeconds": 3, "analysis": {"minRequests": 10, "maxErrorRate": 0.05}},
-        worker={"simulator": simulator, "drainSeconds": 5},
-    )
-
-
-async def until(check: Callable[[], Any], within: float, what: str) -> Any:
-    async def probe() -> Any:
-        return await asyncio.to_thread(check)
-
-    poll: Callable[[], Awaitable[Any]] = probe
-    return await async_wait_for(poll, within, interval=0.3, what=what)
-
-
-def rollout_phase(kube: KubeClient, namespace: str, name: str) -> str:
-    return str(get_isvc(kube, namespace, name)["status"]["rollout"]["phase"])
 
 
 async def plugin(kubeconfig: str, *args: str) -> str:

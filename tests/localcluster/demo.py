@@ -1,7 +1,8 @@
 """`kubeinfer demo` (`make demo`): the whole product on the local control plane.
 
 1. start the local cluster (builds it from Go modules the first time);
-2. `helm install` the chart: the operator runs as a pod with the chart's
+2. `helm install` the chart: the operator runs as pods (two replicas
+   electing a leader, docs/ha.md) with the chart's
    least-privilege RBAC;
 3. `kubectl apply` examples/simulated.yaml: 4 simulated GPU workers and a
    router;
@@ -87,7 +88,7 @@ def patch_simulator(kube: KubeClient, simulator: dict[str, Any]) -> None:
 
 
 def install_operator(kube: KubeClient, state: ClusterState, helm: Path) -> None:
-    say("helm install kubeinfer (operator pod with the chart's RBAC)")
+    say("helm install kubeinfer (2 operator pods electing a leader, the chart's RBAC)")
     subprocess.run(
         [
             str(helm),

@@ -5,7 +5,9 @@
   with a real token of that ServiceAccount: RBAC is enforced as in a
   cluster, so a missing permission fails.
 - `OperatorProcess`: `kubeinfer-operator` as a real process with that
-  identity (optionally pinned to a CPU); it can be killed and restarted.
+  identity (optionally pinned to a CPU); it can be killed and restarted;
+  with ``leader_elect`` several of them elect one leader on a Lease, as the
+  chart's replicas do (docs/ha.md).
 - helpers to apply, read and wait on InferenceServices and to find router pods.
 
 No pytest here: the fixtures built on it are in tests/plugins/.
@@ -13,10 +15,13 @@ No pytest here: the fixtures built on it are in tests/plugins/.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +38,10 @@ from kubeinfer.localcluster.waiting import GiveUpError, wait_for
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.crdgen import build_crd
 from kubeinfer.operator.rbac import (
+    LEASE_NAME,
     OPERATOR_NAME,
+    leader_election_role,
+    leader_election_role_binding,
     operator_cluster_role,
     operator_cluster_role_binding,
     operator_spec_guard,
@@ -73,6 +81,8 @@ def install_operator_identity(kube: KubeClient, state: ClusterState, out: Path) 
         operator_cluster_role(),
         operator_cluster_role_binding(OPERATOR_NAMESPACE),
         *operator_spec_guard(OPERATOR_NAMESPACE),
+        leader_election_role(OPERATOR_NAMESPACE),
+        leader_election_role_binding(OPERATOR_NAMESPACE),
     ):
         apply_object(kube, obj)
     token = kube.create(
@@ -103,6 +113,10 @@ class OperatorProcess:
     # How much log there was when the stop began: kopf's warnings about
     # cancelled daemons on shutdown are not what log_counts is about.
     log_size_at_stop: int | None = None
+    # Leader election (the chart's default): this candidate's identity; the
+    # Lease is LEASE_NAME in OPERATOR_NAMESPACE, as the chart has it.
+    leader_elect: bool = False
+    identity: str | None = None
 
     @property
     def pid(self) -> int:
@@ -119,25 +133,49 @@ class OperatorProcess:
         argv = [binary, "--health-port", str(health), "--metrics-port", str(metrics)]
         if self.resync_seconds is not None:
             argv += ["--resync-seconds", str(self.resync_seconds)]
+        if self.leader_elect:
+            argv += ["--leader-elect", "--leader-election-namespace", OPERATOR_NAMESPACE]
+            if self.identity:
+                argv += ["--leader-election-identity", self.identity]
         if self.cpu is not None and shutil.which("taskset"):
             # taskset execs the operator: the pid stays the operator's.
             argv = ["taskset", "-c", self.cpu, *argv]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), c.ENV_BIND_HOST: "127.0.0.1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.process = spawn(argv, log_path=self.log, env=env, tie_to_parent=True)
-        wait_for(self._healthy, timeout, interval=0.1, what="the operator's /healthz")
+        # Ready: kopf has started (a leader), or the Lease was read (a standby).
+        wait_for(self._ready, timeout, interval=0.1, what="the operator's /readyz")
 
-    def _healthy(self) -> bool:
+    def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise GiveUpError(f"the operator exited; log {self.log}:\n{self.tail()}")
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
+                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
             ) as answer:
                 return bool(answer.status == 200)
         except OSError:
             return False
+
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, str]]:
+        """Status code and JSON body of /healthz or /readyz: role and identity."""
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return int(answer.status), json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return int(error.code), json.loads(error.read())
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of the operator's /metrics (0 when absent)."""
+        pattern = re.compile(rf"^{re.escape(name + labels)} (\S+)$", re.MULTILINE)
+        found = pattern.search(self.metrics())
+        return float(found.group(1)) if found else 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def metrics(self) -> str:
         """The operator's own Prometheus metrics."""
@@ -156,6 +194,13 @@ class OperatorProcess:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: alive but frozen, as in a long GC pause or a frozen VM."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 15 s."""
@@ -187,6 +232,14 @@ class OperatorProcess:
             elif " ERROR " in line:
                 counts["ERROR"] += 1
         return counts
+
+
+def lease_holder(kube: KubeClient, name: str = LEASE_NAME) -> str | None:
+    """Who holds the operator's leader-election Lease now (None: nobody)."""
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NAMESPACE}/leases/{name}"
+    if not kube.exists(path):
+        return None
+    return kube.get(path).get("spec", {}).get("holderIdentity") or None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

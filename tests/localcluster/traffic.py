@@ -71,6 +71,11 @@ class Load:
                     self.latencies.append(time.perf_counter() - started)
                 except (openai.APIError, AssertionError) as error:
                     self.outcomes["failed"] += 1
+                    # Streams and plain requests apart: a stream cut by a
+                    # dying worker can't be retried once tokens went out.
+                    self.outcomes[
+                        "failed-stream" if n % self.stream_every == 0 else "failed-plain"
+                    ] += 1
                     self.failures.append(repr(error)[:300])
                 await asyncio.sleep(self.pause_seconds)
         finally:
@@ -86,7 +91,7 @@ class Load:
             await asyncio.gather(*tasks)
 
     def total(self) -> int:
-        return sum(self.outcomes.values())
+        return sum(self.outcomes[k] for k in ("ok", "stream-ok", "failed"))
 
     def summary(self) -> str:
         ordered = sorted(self.latencies)

@@ -164,6 +164,18 @@ CASES: list[tuple[str, str, list[dict[str, str]], str, list[dict[str, str]]]] = 
         "6m", [],
     ),
     (
+        "KubeinferOperatorNoLeader", "fires",
+        [series("kubeinfer_operator_leader", {"pod": "op-a"}, "0x10"),
+         series("kubeinfer_operator_leader", {"pod": "op-b"}, "0x10")],
+        "4m", [{}],
+    ),
+    (
+        "KubeinferOperatorNoLeader", "silent",
+        [series("kubeinfer_operator_leader", {"pod": "op-a"}, "1x10"),
+         series("kubeinfer_operator_leader", {"pod": "op-b"}, "0x10")],
+        "4m", [],
+    ),
+    (
         "KubeinferReconcileErrors", "fires",
         [series("kubeinfer_operator_reconciles_total", {"result": "ok"}, "0+30x20"),
          series("kubeinfer_operator_reconciles_total", {"result": "error"}, "0+30x20")],

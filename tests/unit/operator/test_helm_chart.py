@@ -24,10 +24,14 @@ from kubeinfer.operator.builders.router import build_router_deployment
 from kubeinfer.operator.builders.worker import build_worker_pod
 from kubeinfer.operator.crdgen import build_crd, render_crd
 from kubeinfer.operator.docgen import render_cluster_role
+from kubeinfer.operator.lease import LeaseTimings
+from kubeinfer.operator.main import parse_args
 from kubeinfer.operator.monitoring.alerts import rules_file
 from kubeinfer.operator.monitoring.dashboards import render_dashboards
 from kubeinfer.operator.monitoring.scrape import pod_monitor_relabelings
 from kubeinfer.operator.rbac import (
+    LEASE_NAME,
+    leader_election_rules,
     operator_rules,
     operator_spec_guard,
     viewer_cluster_role,
@@ -42,6 +46,7 @@ CHART = REPO / "helm" / "kubeinfer"
 CHART_CRD = CHART / "crds" / "kubeinfer.io_inferenceservices.yaml"
 CHART_RULES = CHART / "files" / "operator-clusterrole.yaml"
 CHART_VIEWER = CHART / "files" / "viewer-clusterrole.yaml"
+CHART_LEADER_ELECTION = CHART / "files" / "operator-leader-election-role.yaml"
 NAMESPACE = "kubeinfer-system"
 # helm's built-in default is old unless set at link time; pin what we validate against.
 KUBE_VERSION = "1.36.0"
@@ -114,6 +119,11 @@ class TestGeneratedFiles:
             "helm/kubeinfer/files/viewer-clusterrole.yaml is out of date: run `make crds`"
         )
 
+    def test_chart_leader_election_rules_match_rbac_py(self) -> None:
+        assert yaml.safe_load(CHART_LEADER_ELECTION.read_text()) == {
+            "rules": leader_election_rules()
+        }, "helm/kubeinfer/files/operator-leader-election-role.yaml is out of date: run `make crds`"
+
     def test_chart_and_app_versions_match_the_images(self) -> None:
         chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
         assert chart["apiVersion"] == "v2"
@@ -166,7 +176,40 @@ CASES: list[tuple[str, dict[str, Any], Collection[str]]] = [
     (
         "defaults",
         {},
-        ["ServiceAccount", *RBAC_KINDS, "Service", "Deployment"],
+        [
+            "ServiceAccount",
+            *RBAC_KINDS,
+            "Service",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+        ],
+    ),
+    (
+        "single operator without leader election",
+        {"operator": {"replicas": 1, "leaderElection": {"enabled": False}}},
+        {"ServiceAccount", *RBAC_KINDS, "Service", "Deployment"},
+    ),
+    (
+        "three replicas, required anti-affinity, custom lease",
+        {
+            "operator": {
+                "replicas": 3,
+                "leaderElection": {"enabled": True, "leaseName": "ops-lock"},
+            },
+            "podAntiAffinity": "required",
+            "podDisruptionBudget": {"minAvailable": 2},
+        },
+        [
+            "ServiceAccount",
+            *RBAC_KINDS,
+            "Service",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+        ],
     ),
     (
         "everything on",
@@ -197,24 +240,52 @@ CASES: list[tuple[str, dict[str, Any], Collection[str]]] = [
                 }
             },
         },
-        ["ServiceAccount", *RBAC_KINDS, "Service", "Deployment"],
+        [
+            "ServiceAccount",
+            *RBAC_KINDS,
+            "Service",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+        ],
     ),
     (
         "bring your own service account and RBAC",
         {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
-        {"Service", "Deployment"},
+        {"Service", "Deployment", "PodDisruptionBudget"},
     ),
     (
         "no metrics service",
         {"metrics": {"enabled": False}},
-        ["ServiceAccount", *RBAC_KINDS, "Deployment"],
+        {
+            "ServiceAccount",
+            *RBAC_KINDS,
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+        },
     ),
     (
         "monitoring on",
         MONITORING_ON,
-        ["ServiceAccount", *RBAC_KINDS, "Service", "Deployment",
-         "ServiceMonitor", "PodMonitor", "PodMonitor", "PrometheusRule",
-         "ConfigMap", "ConfigMap", "ConfigMap"],
+        [
+            "ServiceAccount",
+            *RBAC_KINDS,
+            "Service",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+            "ServiceMonitor",
+            "PodMonitor",
+            "PodMonitor",
+            "PrometheusRule",
+            "ConfigMap",
+            "ConfigMap",
+            "ConfigMap",
+        ],
     ),
 ]
 
@@ -280,6 +351,28 @@ class TestRBAC:
         pod = one(objects, "Deployment")["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == account["name"]
 
+    @pytest.mark.parametrize("lease", [LEASE_NAME, "ops-lock"])
+    def test_leader_election_role_is_one_lease_in_the_release_namespace(
+        self, render: Render, lease: str
+    ) -> None:
+        objects = render({"operator": {"leaderElection": {"enabled": True, "leaseName": lease}}})
+        role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+        assert role["rules"] == leader_election_rules(lease)
+        assert f"--leader-election-id={lease}" in operator_container(objects)["args"]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+            "name": role["metadata"]["name"],
+        }  # fmt: skip
+        account = one(objects, "ServiceAccount")["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+        ]
+
+    def test_no_leader_election_role_without_leader_election(self, render: Render) -> None:
+        objects = render({"operator": {"replicas": 1, "leaderElection": {"enabled": False}}})
+        assert not {"Role", "RoleBinding"} & {o["kind"] for o in objects}
+
     def test_existing_service_account_is_used(self, render: Render) -> None:
         objects = render({"serviceAccount": {"create": False, "name": "ops"}})
         assert "ServiceAccount" not in {obj["kind"] for obj in objects}
@@ -288,10 +381,94 @@ class TestRBAC:
 
 
 class TestDeployment:
-    def test_one_operator_at_a_time(self, render: Render) -> None:
-        spec = one(render(), "Deployment")["spec"]
-        assert spec["replicas"] == 1
-        assert spec["strategy"] == {"type": "Recreate"}
+    def test_two_operators_elect_a_leader_by_default(self, render: Render) -> None:
+        objects = render()
+        spec = one(objects, "Deployment")["spec"]
+        assert spec["replicas"] == 2
+        # A new pod stands by (Ready) before an old one is stopped.
+        assert spec["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        ctr = operator_container(objects)
+        timings = LeaseTimings()
+        assert ctr["args"][-6:] == [
+            "--leader-elect",
+            f"--leader-election-namespace={NAMESPACE}",
+            f"--leader-election-id={LEASE_NAME}",
+            f"--lease-duration={timings.lease_duration:g}",
+            f"--renew-deadline={timings.renew_deadline:g}",
+            f"--retry-period={timings.retry_period:g}",
+        ]
+        env = {e["name"]: e.get("valueFrom") for e in ctr["env"]}
+        assert env[c.ENV_POD_NAME] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env[c.ENV_POD_NAMESPACE] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        # The chart's flags are ones the operator accepts, with these values.
+        args = parse_args(ctr["args"])
+        assert args.leader_elect
+        assert args.timings == timings
+
+    def test_without_leader_election_one_operator_is_recreated(self, render: Render) -> None:
+        objects = render({"operator": {"replicas": 1, "leaderElection": {"enabled": False}}})
+        spec = one(objects, "Deployment")["spec"]
+        assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+        assert not any(a.startswith("--leader-elect") for a in operator_container(objects)["args"])
+        assert "affinity" not in spec["template"]["spec"]
+
+    def test_replicas_without_leader_election_are_refused(self, helm: Path) -> None:
+        result = run_helm(
+            helm, "template", "kubeinfer", str(CHART), "--kube-version", KUBE_VERSION,
+            "--set", "operator.leaderElection.enabled=false",
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "operator.replicas > 1 needs operator.leaderElection.enabled" in result.stderr
+
+    def test_disruption_budget_keeps_a_standby(self, render: Render) -> None:
+        objects = render()
+        budget = one(objects, "PodDisruptionBudget")
+        labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["minAvailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        # With one replica a budget of 1 would block every node drain.
+        single = {"operator": {"replicas": 1, "leaderElection": {"enabled": True}}}
+        assert "PodDisruptionBudget" not in {o["kind"] for o in render(single)}
+
+    @pytest.mark.parametrize(
+        ("values", "expected"),
+        [
+            ({}, "preferred"),
+            ({"podAntiAffinity": "required"}, "required"),
+            ({"podAntiAffinity": "none"}, None),
+        ],
+        ids=["preferred by default", "required", "none"],
+    )
+    def test_replicas_spread_over_nodes(
+        self, render: Render, values: dict[str, Any], expected: str | None
+    ) -> None:
+        objects = render(values)
+        pod = one(objects, "Deployment")["spec"]["template"]
+        anti = pod["spec"].get("affinity", {}).get("podAntiAffinity")
+        if expected is None:
+            assert anti is None
+            return
+        key = f"{expected}DuringSchedulingIgnoredDuringExecution"
+        (term,) = anti[key]
+        term = term.get("podAffinityTerm", term)
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+    def test_given_affinity_is_kept_and_its_anti_affinity_wins(self, render: Render) -> None:
+        node = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}]}}  # fmt: skip
+        mine = {"preferredDuringSchedulingIgnoredDuringExecution": []}
+        affinity = one(render({"affinity": {"nodeAffinity": node}}), "Deployment")["spec"][
+            "template"
+        ]["spec"]["affinity"]
+        assert affinity["nodeAffinity"] == node
+        assert "podAntiAffinity" in affinity
+        given = {"nodeAffinity": node, "podAntiAffinity": mine}
+        pod = one(render({"affinity": given}), "Deployment")["spec"]["template"]["spec"]
+        assert pod["affinity"] == given
 
     def test_pod_security_is_restricted(self, render: Render) -> None:
         objects = render()
@@ -313,8 +490,10 @@ class TestDeployment:
     def test_probes_use_healthz_on_the_health_port(self, render: Render) -> None:
         ctr = operator_container(render({"operator": {"healthPort": 9000}}))
         assert ctr["ports"][0] == {"name": "http", "containerPort": 9000, "protocol": "TCP"}
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "livenessProbe"):
             assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+        # Ready while leading and while standing by.
+        assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert "--health-port=9000" in ctr["args"]
 
     @pytest.mark.parametrize(
@@ -347,7 +526,9 @@ class TestDeployment:
             "--resync-seconds=2",
             "--health-port=8080",
             "--metrics-port=9090",
+            *ctr["args"][-6:],  # leader election (TestDeployment)
         ]
+        assert ctr["args"][-6] == "--leader-elect"
 
     def test_images_and_flags_from_values(self, render: Render) -> None:
         ctr = operator_container(
@@ -502,9 +683,7 @@ class TestMonitoring:
             assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
             assert config_map["metadata"]["annotations"] == {"grafana_folder": "kubeinfer"}
             shipped.update(config_map["data"])
-        assert shipped == {
-            name: text.rstrip("\n") for name, text in render_dashboards().items()
-        }
+        assert shipped == {name: text.rstrip("\n") for name, text in render_dashboards().items()}
         for text in shipped.values():
             assert json.loads(text)["uid"].startswith("kubeinfer-")
 
