@@ -191,7 +191,11 @@ async def _create_pod(ctx: OperatorContext, pod: dict[str, Any], now: float) -> 
         # reached our index yet: the deterministic name makes it safe.
         logger.debug("pod %s exists already", key[1])
     except BaseException:
-        del ctx.unseen_creates[key]
+        # A concurrent reconcile may have dropped the key already (it saw an
+        # older pod of the same name, being deleted): pop, don't del, or a
+        # refused create (403 while the API server's RBAC cache warms up
+        # after a restart) turns into a KeyError that stops the daemon.
+        ctx.unseen_creates.pop(key, None)
         raise
 
 
@@ -331,9 +335,7 @@ async def reconcile(
     await _publish_table(ctx, isvc, plan)
     await _act_on_pods(ctx, isvc, plan, now)
     await _write_status(ctx, isvc, plan.status)
-    ctx.fleet.record(
-        isvc.metadata.namespace, isvc.metadata.name, isvc.spec.replicas, plan.status
-    )
+    ctx.fleet.record(isvc.metadata.namespace, isvc.metadata.name, isvc.spec.replicas, plan.status)
     for event in plan.events:
         logger.info(
             "%s/%s %s: %s", isvc.metadata.namespace, isvc.metadata.name, event.reason, event.message

@@ -63,14 +63,19 @@ class Load:
                 if self._stop.is_set():
                     return
                 started = time.perf_counter()
+                streaming = n % self.stream_every == 0
                 try:
-                    if n % self.stream_every == 0:
+                    if streaming:
                         await self._stream(client, f"hello {index} {n}")
                     else:
                         await self._complete(client, f"hello {index} {n}")
                     self.latencies.append(time.perf_counter() - started)
                 except (openai.APIError, AssertionError) as error:
+                    # "failed" counts both kinds; "stream-failed" says how
+                    # many of them were streams (broken or refused).
                     self.outcomes["failed"] += 1
+                    if streaming:
+                        self.outcomes["stream-failed"] += 1
                     self.failures.append(repr(error)[:300])
                 await asyncio.sleep(self.pause_seconds)
         finally:
@@ -86,7 +91,11 @@ class Load:
             await asyncio.gather(*tasks)
 
     def total(self) -> int:
-        return sum(self.outcomes.values())
+        return sum(self.outcomes[kind] for kind in ("ok", "stream-ok", "failed"))
+
+    def snapshot(self) -> Counter[str]:
+        """The counts so far (subtract two snapshots for the figures of a time window)."""
+        return Counter(self.outcomes)
 
     def summary(self) -> str:
         ordered = sorted(self.latencies)
