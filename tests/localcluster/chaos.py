@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,14 @@ from kubeinfer.localcluster.failures import (
     set_node_down,
     take_free_gpus,
 )
-from kubeinfer.localcluster.operatorproc import apply_isvc, condition, get_isvc
+from kubeinfer.localcluster.operatorproc import (
+    apply_isvc,
+    condition,
+    get_isvc,
+    simulated_service,
+    wait_condition,
+)
+from kubeinfer.localcluster.serviceproxy import ServiceProxy
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.traffic import Load
 from kubeinfer.localcluster.waiting import async_wait_for
@@ -68,13 +76,13 @@ class ChaosResult(BaseModel):
 def markdown_table(results: Iterable[ChaosResult]) -> str:
     lines = [
         "| scenario | requests | non-streaming failed | streams failed "
-        "| s to desired state | duplicate pods |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| s to desired state | duplicate pods | router pods lost |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.scenario} | {r.requests} | {r.nonstreaming_failed} | {r.streams_failed} "
-            f"| {r.seconds_to_desired:.1f} | {r.duplicate_pods} |"
+            f"| {r.seconds_to_desired:.1f} | {r.duplicate_pods} | {r.router_pods_lost} |"
         )
     return "\n".join(lines)
 
@@ -165,12 +173,18 @@ class ChaosTarget:
         ready = condition(isvc, "Ready")
         if ready.get("status") != "True":
             return f"Ready={ready.get('status')}: {ready.get('message')}"
+        # A pod on a lost node may still read Ready: nobody reports for it.
+        up = {n["metadata"]["name"] for n in self.kube.get("/api/v1/nodes")["items"] if _ready(n)}
+
+        def serving(pod: dict[str, Any]) -> bool:
+            return _ready(pod) and pod["spec"].get("nodeName") in up
+
         workers = self.live_workers()
-        if len(workers) != spec["replicas"] or not all(_ready(p) for p in workers):
-            return f"{sum(map(_ready, workers))}/{len(workers)} workers ready"
-        routers = [p for p in self.pods(c.COMPONENT_ROUTER) if _ready(p)]
+        if len(workers) != spec["replicas"] or not all(map(serving, workers)):
+            return f"{sum(map(serving, workers))}/{len(workers)} workers ready on Ready nodes"
+        routers = [p for p in self.pods(c.COMPONENT_ROUTER) if serving(p)]
         if len(routers) != spec["routing"]["routerReplicas"]:
-            return f"{len(routers)} routers ready"
+            return f"{len(routers)} routers ready on Ready nodes"
         return ""
 
     async def watch_pods(self) -> None:
@@ -266,30 +280,75 @@ def _ready_worker(target: ChaosTarget) -> dict[str, Any]:
     return next(p for p in target.live_workers() if _ready(p))
 
 
+def chaos_service(name: str, replicas: int = 2) -> dict[str, Any]:
+    """A simulated service with two router pods, quick to roll out and to load."""
+    return simulated_service(
+        name,
+        replicas,
+        routing={"routerReplicas": 2, "retries": 3},
+        rollout={
+            "stepIntervalSeconds": 2,
+            # Analysis is not what this suite tests: a loaded 2-core machine
+            # makes p99 ratios of a few requests noisy.
+            "analysis": {"minRequests": 5, "maxLatencyRatio": 5, "maxTtftRatio": 5},
+        },
+        worker={"simulator": {"ttftMs": 2, "tpotMs": 1, "loadSeconds": 1}, "drainSeconds": 2},
+    )
+
+
+@asynccontextmanager
+async def under_load(
+    kube: KubeClient, state: ClusterState, namespace: str, body: dict[str, Any]
+) -> AsyncIterator[ChaosTarget]:
+    """Apply body, wait until Ready, and yield it under load through a
+    ServiceProxy in front of its router pods (4 clients, every 3rd request
+    streams)."""
+    name = body["metadata"]["name"]
+    apply_isvc(kube, namespace, body)
+    wait_condition(kube, namespace, name, "Ready", timeout=90)
+    selector = f"{c.LABEL_SERVICE}={name},{c.LABEL_COMPONENT}={c.COMPONENT_ROUTER}"
+    proxy = ServiceProxy(kube, namespace, selector, c.ROUTER_HTTP_PORT)
+    async with proxy.running():
+        load = Load(proxy.url, "sim-model", clients=4, stream_every=3)
+        target = ChaosTarget(kube, state, namespace, name, body, load)
+        await target.until(lambda: len(proxy.endpoints) == 2, 60, "both routers behind the proxy")
+        async with load.running():
+            await target.until(lambda: load.total() >= 20, 30, "traffic to flow")
+            yield target
+
+
 # The scenarios. Each leaves the service at its desired state.
 
 
 async def worker_killed_repeatedly(
     target: ChaosTarget, every: float = 10, during: float = 60
 ) -> ChaosResult:
-    """SIGKILL a Ready worker pod's process every ``every`` s for ``during`` s."""
+    """SIGKILL a Ready worker pod's process every ``every`` s for ``during`` s,
+    the one killed least so far each time (so that the kills go round)."""
+    kills: Counter[str] = Counter()
+
+    def victim() -> str:
+        ready = [p["metadata"]["name"] for p in target.live_workers() if _ready(p)]
+        if not ready:
+            raise LookupError("no Ready worker to kill")
+        return min(ready, key=lambda name: (kills[name], name))
 
     async def fault() -> float:
         started = time.monotonic()
-        kills = 0
         last = started
-        while kills * every < during:
+        for tick in range(int(during // every)):
             # The schedule is the scenario: a kill at every tick.
-            await asyncio.sleep(max(0.0, started + kills * every - time.monotonic()))
-            victim = await asyncio.to_thread(_ready_worker, target)
-            await asyncio.to_thread(
-                kill_pod, target.root, target.namespace, victim["metadata"]["name"]
-            )
+            await asyncio.sleep(max(0.0, started + tick * every - time.monotonic()))
+            name = await asyncio.to_thread(victim)
+            kills[name] += 1
+            await asyncio.to_thread(kill_pod, target.root, target.namespace, name)
             last = time.monotonic()
-            kills += 1
         return last
 
-    return await target.measure(f"worker killed every {every:g} s for {during:g} s", fault)
+    workers = target.spec["spec"]["replicas"]
+    return await target.measure(
+        f"worker killed every {every:g} s for {during:g} s ({workers} workers)", fault
+    )
 
 
 async def router_pod_killed(target: ChaosTarget) -> ChaosResult:
@@ -340,25 +399,38 @@ def _routers_on(target: ChaosTarget, node: str) -> int:
     return sum(p["spec"].get("nodeName") == node for p in target.pods(c.COMPONENT_ROUTER))
 
 
-async def node_not_ready(target: ChaosTarget) -> ChaosResult:
-    """Take the node of a Ready worker away (NotReady, its processes killed)."""
-    victim = await asyncio.to_thread(_ready_worker, target)
+async def node_not_ready(target: ChaosTarget, with_router: bool | None = None) -> ChaosResult:
+    """Take the node of a Ready worker away (NotReady, its processes killed).
+
+    ``with_router``: True picks a node that also runs a router pod, False one
+    that runs none, None prefers one without (and takes any when none is).
+    Raises LookupError when no node fits."""
+
+    def pick() -> tuple[dict[str, Any], int]:
+        candidates = [
+            (p, _routers_on(target, p["spec"]["nodeName"])) for p in target.live_workers()
+        ]
+        candidates = [(p, n) for p, n in candidates if _ready(p)]
+        fits = [(p, n) for p, n in candidates if with_router is None or (n > 0) == with_router]
+        fits.sort(key=lambda pair: pair[1])
+        if not fits:
+            raise LookupError(f"no worker node with_router={with_router}")
+        return fits[0]
+
+    victim, routers = await asyncio.to_thread(pick)
     node = victim["spec"]["nodeName"]
 
     def replaced() -> bool:
         names = {p["metadata"]["name"] for p in target.live_workers()}
         return victim["metadata"]["name"] not in names
 
-    routers = _routers_on(target, node)
-
     async def fault() -> float:
         await asyncio.to_thread(set_node_down, target.root, node, True)
         return time.monotonic()
 
+    scenario = "GPU node NotReady" + (" (a router pod on it)" if routers else "")
     try:
-        return await target.measure(
-            "GPU node NotReady", fault, replaced, routers_lost=lambda: routers
-        )
+        return await target.measure(scenario, fault, replaced, routers_lost=lambda: routers)
     finally:
         await _node_back(target, node)
 
