@@ -328,7 +328,7 @@ async def worker_killed_repeatedly(
     kills: Counter[str] = Counter()
 
     def victim() -> str:
-        ready = [p["metadata"]["name"] for p in target.live_workers() if _ready(p)]
+        ready = [str(p["metadata"]["name"]) for p in target.live_workers() if _ready(p)]
         if not ready:
             raise LookupError("no Ready worker to kill")
         return min(ready, key=lambda name: (kills[name], name))
