@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from kubeinfer.localcluster import chaos, controlplane
 from kubeinfer.localcluster.build import ensure_cluster_binaries
@@ -38,6 +39,7 @@ Scenario = Callable[[ChaosTarget], Awaitable[ChaosResult]]
 SCENARIOS: dict[str, Scenario] = {
     "worker-kills": chaos.worker_killed_repeatedly,
     "worker-kills-2": chaos.worker_killed_repeatedly,
+    "worker-kills-2-hold": chaos.worker_killed_repeatedly,
     "router-kill": chaos.router_pod_killed,
     "apiserver-restart": lambda t: chaos.control_plane_restarted_mid_rollout(
         t, ("kube-apiserver",)
@@ -51,6 +53,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 # Worker pods per scenario (2 when not named): make test kills workers on 3.
 WORKERS = {"worker-kills": 3}
+# Routing fields per scenario: routers that hold requests while no worker is up.
+ROUTING: dict[str, dict[str, Any]] = {"worker-kills-2-hold": {"holdTimeoutSeconds": 10}}
 
 
 def log(message: str) -> None:
@@ -82,7 +86,7 @@ async def run_all(
     for round_ in range(repeat):
         for name in names:
             namespace = new_namespace(kube, f"chaos-{name}-{round_}")
-            body = chaos.chaos_service("chaos", replicas=WORKERS.get(name, 2))
+            body = chaos.chaos_service("chaos", WORKERS.get(name, 2), ROUTING.get(name))
             async with chaos.under_load(kube, state, namespace, body) as target:
                 result = await SCENARIOS[name](target)
             log(f"{name} #{round_ + 1}: {result.model_dump()}")

@@ -280,12 +280,15 @@ def _ready_worker(target: ChaosTarget) -> dict[str, Any]:
     return next(p for p in target.live_workers() if _ready(p))
 
 
-def chaos_service(name: str, replicas: int = 2) -> dict[str, Any]:
-    """A simulated service with two router pods, quick to roll out and to load."""
+def chaos_service(
+    name: str, replicas: int = 2, routing: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A simulated service with two router pods, quick to roll out and to
+    load; ``routing`` fields are added to its routing section."""
     return simulated_service(
         name,
         replicas,
-        routing={"routerReplicas": 2, "retries": 3},
+        routing={"routerReplicas": 2, "retries": 3, **(routing or {})},
         rollout={
             "stepIntervalSeconds": 2,
             # Analysis is not what this suite tests: a loaded 2-core machine
@@ -345,9 +348,12 @@ async def worker_killed_repeatedly(
             last = time.monotonic()
         return last
 
-    workers = target.spec["spec"]["replicas"]
+    spec = target.spec["spec"]
+    hold = spec["routing"].get("holdTimeoutSeconds")
+    held = f", routers hold {hold} s" if hold else ""
     return await target.measure(
-        f"worker killed every {every:g} s for {during:g} s ({workers} workers)", fault
+        f"worker killed every {every:g} s for {during:g} s ({spec['replicas']} workers{held})",
+        fault,
     )
 
 
