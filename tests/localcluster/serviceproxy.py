@@ -52,6 +52,7 @@ class ServiceProxy:
     endpoints: list[str] = field(default_factory=list)
     port: int = 0
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+    _connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -82,12 +83,22 @@ class ServiceProxy:
         return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream = await self._connect()
-        if upstream is None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            upstream = await self._connect()
+            if upstream is None:
+                writer.close()
+                return
+            up_reader, up_writer = upstream
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            # Only `running` cancels a connection (the proxy stops). asyncio's
+            # stream server logs a handler that ends cancelled as an error.
             writer.close()
-            return
-        up_reader, up_writer = upstream
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._connections.discard(task)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[ServiceProxy]:
@@ -97,10 +108,12 @@ class ServiceProxy:
         try:
             yield self
         finally:
-            follower.cancel()
             server.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            # Connections still open (idle keep-alive) end with the proxy.
+            tasks = [follower, *self._connections]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await server.wait_closed()
 
 
