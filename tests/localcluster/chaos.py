@@ -22,6 +22,7 @@ failures.py and controlplane.py; nothing here is product code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -87,18 +88,23 @@ def markdown_table(results: Iterable[ChaosResult]) -> str:
     return "\n".join(lines)
 
 
+def holding_gpus(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods the scheduler counts: not terminating, not ended."""
+    return [
+        p
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")
+    ]
+
+
 def worker_slot_excess(pods: list[dict[str, Any]], allowed: int) -> int:
     """How far one snapshot of worker pods is from the plan: pods beyond
     ``allowed`` or pods sharing a slot (replica, revision), whichever is more.
 
     Terminating pods and pods that ended (Failed/Succeeded) hold no GPU in
     the scheduler's books and are not counted."""
-    live = [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")
-    ]
+    live = holding_gpus(pods)
     slots = Counter(
         (
             p["metadata"]["labels"].get(c.LABEL_REPLICA),
@@ -129,7 +135,6 @@ class ChaosTarget:
     load: Load
     most_pods: int = 0
     excess: int = 0
-    _watching: bool = False
     history: list[ChaosResult] = field(default_factory=list)
 
     @property
@@ -195,8 +200,7 @@ class ChaosTarget:
             except (KubeError, OSError):
                 pods = None  # the API server is away: nothing to see
             if pods is not None:
-                live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-                self.most_pods = max(self.most_pods, len(live))
+                self.most_pods = max(self.most_pods, len(holding_gpus(pods)))
                 self.excess = max(self.excess, worker_slot_excess(pods, self.allowed()))
             await asyncio.sleep(_POLL)
 
@@ -237,6 +241,8 @@ class ChaosTarget:
             seconds = time.monotonic() - last_fault
         finally:
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         after = self.load.snapshot()
         failed = after["failed"] - before["failed"]
         streams = after["stream-failed"] - before["stream-failed"]
