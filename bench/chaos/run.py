@@ -45,14 +45,15 @@ SCENARIOS: dict[str, Scenario] = {
         t, ("kube-apiserver",)
     ),
     "etcd-restart": lambda t: chaos.control_plane_restarted_mid_rollout(t, ("etcd",)),
-    "node-not-ready": chaos.node_not_ready,  # a node without a router pod when there is one
+    "node-not-ready": lambda t: chaos.node_not_ready(t, with_router=False),
     "node-with-router-not-ready": lambda t: chaos.node_not_ready(t, with_router=True),
     "node-lost-loading": chaos.node_lost_while_loading,
     "gpus-taken": chaos.all_gpus_taken,
 }
 
 # Worker pods per scenario (2 when not named): make test kills workers on 3.
-WORKERS = {"worker-kills": 3}
+# With 3 workers on the 3 nodes, one of them runs no router pod.
+WORKERS = {"worker-kills": 3, "node-not-ready": 3}
 # Routing fields per scenario: routers that hold requests while no worker is up.
 ROUTING: dict[str, dict[str, Any]] = {"worker-kills-2-hold": {"holdTimeoutSeconds": 10}}
 
