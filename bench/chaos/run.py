@@ -91,6 +91,8 @@ async def run_all(
             async with chaos.under_load(kube, state, namespace, body) as target:
                 result = await SCENARIOS[name](target)
             log(f"{name} #{round_ + 1}: {result.model_dump()}")
+            if target.load.failures:
+                log(f"  first failures: {target.load.failures[:3]}")
             results.append(result)
             gone(kube, namespace)
     return results
