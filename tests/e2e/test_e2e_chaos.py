@@ -64,6 +64,8 @@ async def test_router_control_plane_node_and_gpu_faults(
     print("\n" + chaos.markdown_table(results))
     for result in results:
         assert_loss_bounded(result, target.load)
-    assert results[0].router_pods_lost == 1
+    # The Deployment brings the killed router back. (all_gpus_taken itself
+    # fails unless the service said Degraded: InsufficientGPU meanwhile.)
+    assert results[0].seconds_to_desired < 60, results[0]
     # The control plane away for seconds: the data plane does not notice.
     assert results[1].nonstreaming_failed + results[1].streams_failed == 0, results[1]
