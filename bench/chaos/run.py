@@ -8,7 +8,7 @@ streams) through a Service proxy in front of the routers. Unlike make test,
 the kube-apiserver and etcd restarts run apart, each in its own rollout.
 
 Bounded: each scenario takes 20-80 s plus about 15 s to set up its
-service (about 12 minutes with the default --repeat 2).
+service (about 17 minutes with the default --repeat 2).
 
     .venv/bin/python bench/chaos/run.py [--repeat 2] [--scenarios a,b] [--json out.json]
 """
