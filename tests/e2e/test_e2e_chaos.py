@@ -67,5 +67,9 @@ async def test_router_control_plane_node_and_gpu_faults(
     # The Deployment brings the killed router back. (all_gpus_taken itself
     # fails unless the service said Degraded: InsufficientGPU meanwhile.)
     assert results[0].seconds_to_desired < 60, results[0]
-    # The control plane away for seconds: the data plane does not notice.
+    # The control plane away for seconds: the data plane does not notice,
+    # and the operator raises no false alarm (a 403 for a moment after the
+    # API server's restart is no missing permission).
     assert results[1].nonstreaming_failed + results[1].streams_failed == 0, results[1]
+    assert "Forbidden" not in results[1].degraded_reasons, results[1]
+    assert "InsufficientGPU" in results[-1].degraded_reasons, results[-1]

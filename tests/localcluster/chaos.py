@@ -72,6 +72,9 @@ class ChaosResult(BaseModel):
     # Router pods the fault took down: requests in flight on a router that
     # dies are lost (at most one per client connection), nothing else is.
     router_pods_lost: int = 0
+    # Reasons of Degraded=True seen in the window (InsufficientGPU while
+    # GPUs are taken; Forbidden would be a false alarm).
+    degraded_reasons: tuple[str, ...] = ()
 
 
 def markdown_table(results: Iterable[ChaosResult]) -> str:
@@ -135,6 +138,7 @@ class ChaosTarget:
     load: Load
     most_pods: int = 0
     excess: int = 0
+    degraded: set[str] = field(default_factory=set)
     history: list[ChaosResult] = field(default_factory=list)
 
     @property
@@ -193,15 +197,20 @@ class ChaosTarget:
         return ""
 
     async def watch_pods(self) -> None:
-        """Record the most worker pods and the worst excess seen (runs as a task)."""
+        """Record the most worker pods, the worst excess and the Degraded
+        reasons seen (runs as a task)."""
         while True:
             try:
                 pods = await asyncio.to_thread(self.pods, c.COMPONENT_WORKER)
+                isvc = await asyncio.to_thread(get_isvc, self.kube, self.namespace, self.name)
             except (KubeError, OSError):
-                pods = None  # the API server is away: nothing to see
-            if pods is not None:
+                pass  # the API server is away: nothing to see
+            else:
                 self.most_pods = max(self.most_pods, len(holding_gpus(pods)))
                 self.excess = max(self.excess, worker_slot_excess(pods, self.allowed()))
+                degraded = condition(isvc, "Degraded")
+                if degraded.get("status") == "True":
+                    self.degraded.add(str(degraded.get("reason")))
             await asyncio.sleep(_POLL)
 
     async def until(self, check: Callable[[], Any], within: float, what: str) -> Any:
@@ -225,7 +234,7 @@ class ChaosTarget:
         then wait for the desired state (and ``recovered``) and count."""
         await self.until(self.at_desired_state, 120, f"{self.name} at its desired state before")
         before = self.load.snapshot()
-        self.most_pods, self.excess = 0, 0
+        self.most_pods, self.excess, self.degraded = 0, 0, set()
         watcher = asyncio.create_task(self.watch_pods())
         try:
             last_fault = await fault()
@@ -256,6 +265,7 @@ class ChaosTarget:
             most_worker_pods=self.most_pods,
             allowed_worker_pods=self.allowed(),
             router_pods_lost=routers_lost(),
+            degraded_reasons=tuple(sorted(self.degraded)),
         )
         self.history.append(result)
         return result
