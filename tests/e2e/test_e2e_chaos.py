@@ -21,11 +21,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
 
 def assert_loss_bounded(result: ChaosResult, load: Load) -> None:
-    """Nothing is lost unless a router pod died, and then at most what was
-    in flight on it: one request per client connection. No duplicate pods."""
+    """No non-streaming request is lost unless a router pod died, and then
+    at most what was in flight on it: one per client connection. (Streams
+    cut by a dying worker are counted, not bounded: vLLM can't resume them.)
+    No duplicate pods."""
     assert result.requests > 20, result
-    lost = result.nonstreaming_failed + result.streams_failed
-    assert lost <= result.router_pods_lost * load.clients, (result, load.failures[:5])
+    bound = result.router_pods_lost * load.clients
+    assert result.nonstreaming_failed <= bound, (result, load.failures[:5])
     assert result.duplicate_pods == 0, result
     assert result.most_worker_pods <= result.allowed_worker_pods, result
 
@@ -64,12 +66,16 @@ async def test_router_control_plane_node_and_gpu_faults(
     print("\n" + chaos.markdown_table(results))
     for result in results:
         assert_loss_bounded(result, target.load)
+    router, control_plane, gpus = results[0], results[1], results[-1]
+    assert router.nonstreaming_failed + router.streams_failed <= target.load.clients, router
     # The Deployment brings the killed router back. (all_gpus_taken itself
     # fails unless the service said Degraded: InsufficientGPU meanwhile.)
-    assert results[0].seconds_to_desired < 60, results[0]
+    assert router.seconds_to_desired < 60, router
     # The control plane away for seconds: the data plane does not notice,
     # and the operator raises no false alarm (a 403 for a moment after the
     # API server's restart is no missing permission).
-    assert results[1].nonstreaming_failed + results[1].streams_failed == 0, results[1]
-    assert "Forbidden" not in results[1].degraded_reasons, results[1]
-    assert "InsufficientGPU" in results[-1].degraded_reasons, results[-1]
+    assert control_plane.nonstreaming_failed + control_plane.streams_failed == 0, control_plane
+    assert "Forbidden" not in control_plane.degraded_reasons, control_plane
+    # No process dies when the GPUs are taken: nothing may fail at all.
+    assert gpus.nonstreaming_failed + gpus.streams_failed == 0, gpus
+    assert "InsufficientGPU" in gpus.degraded_reasons, gpus
