@@ -20,7 +20,7 @@ from kubeinfer.operator.metrics import EVENTS, RECONCILE_SECONDS, RECONCILES
 from kubeinfer.operator.observe import NodeInfo, PodInfo, observe_node, observe_pod
 from kubeinfer.operator.plan import Event
 from kubeinfer.operator.reconciler import OperatorContext, reconcile, report_refusal
-from kubeinfer.operator.retry import refusal, retry_delay
+from kubeinfer.operator.retry import refusal, report_now, retry_delay
 from kubernetes_asyncio.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ async def reconcile_inference_service(
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
     failures = 0  # failed passes in a row
+    refusals = 0  # refused passes in a row (403/422)
     while not stopped:
         wake.clear()
         nodes = {n: info for n, store in nodes_by_name.items() for info in store}
@@ -133,7 +134,7 @@ async def reconcile_inference_service(
             with RECONCILE_SECONDS.time():
                 delay = await reconcile(ctx, dict(body), pods=pods, nodes=nodes, emit=emit)
             RECONCILES.labels("ok").inc()
-            failures = 0
+            failures = refusals = 0
         except (ApiException, aiohttp.ClientError, TimeoutError) as error:
             RECONCILES.labels("error").inc()
             failures += 1
@@ -141,16 +142,19 @@ async def reconcile_inference_service(
             # lost by retrying; backing off spares an API server in trouble.
             delay = retry_delay(failures)
             refused = refusal(error.status, error.body) if isinstance(error, ApiException) else None
+            refusals = refusals + 1 if refused is not None else 0
             if refused is None:
                 logger.warning(
                     "%s/%s: reconcile failed, retrying in %.0f s: %s",
                     namespace, name, delay, error,
                 )  # fmt: skip
             else:
-                # Retrying can't fix it until a person acts: say so once.
                 logger.warning("%s/%s: %s: %s", namespace, name, refused.reason, refused.message)
-                with contextlib.suppress(ApiException, aiohttp.ClientError, TimeoutError):
-                    await report_refusal(ctx, dict(body), refused, emit)
+                # Retrying can't fix it until a person acts: say so once,
+                # when it is not the moment after an API server restart.
+                if report_now(refusals):
+                    with contextlib.suppress(ApiException, aiohttp.ClientError, TimeoutError):
+                        await report_refusal(ctx, dict(body), refused, emit)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
     # Deleted (or no longer ours): its gauges go with it.

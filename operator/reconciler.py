@@ -191,8 +191,10 @@ async def _create_pod(ctx: OperatorContext, pod: dict[str, Any], now: float) -> 
         # reached our index yet: the deterministic name makes it safe.
         logger.debug("pod %s exists already", key[1])
     except BaseException:
-        # pop: a pass that saw the pod meanwhile may have forgotten it already
-        # (a KeyError here would hide the API server's answer from retry).
+        # A concurrent reconcile may have dropped the key already (it saw an
+        # older pod of the same name, being deleted): pop, don't del, or a
+        # refused create (403 while the API server's RBAC cache warms up
+        # after a restart) turns into a KeyError that stops the daemon.
         ctx.unseen_creates.pop(key, None)
         raise
 

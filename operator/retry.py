@@ -5,7 +5,10 @@ conflict) are retried with exponential backoff, capped. Errors that
 retrying cannot fix until a person acts, a 403 (the operator lacks a
 permission) or a 422 (the API server refuses an object the operator built),
 are reported once: a Degraded condition and one Warning event that quote
-the API server's message, which names the permission or the field.
+the API server's message, which names the permission or the field. A
+refusal is reported when the next attempt is refused too: a kube-apiserver
+that has just restarted answers 403 for a moment while its RBAC cache
+fills (the chaos suite saw it), and that needs no person.
 """
 
 import json
@@ -32,6 +35,13 @@ class Refusal:
 
 
 REFUSALS = {403: "Forbidden", 422: "Invalid"}
+# Refused passes in a row before the refusal is reported (see above).
+REPORT_AFTER_REFUSALS = 2
+
+
+def report_now(refusals_in_a_row: int) -> bool:
+    """Whether a refusal is reported after this many refused passes in a row."""
+    return refusals_in_a_row >= REPORT_AFTER_REFUSALS
 
 
 def refusal(status: int | None, body: str | bytes | None) -> Refusal | None:

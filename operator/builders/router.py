@@ -125,6 +125,7 @@ def build_router_deployment(
                     "securityContext": restricted_pod_security(),
                     "containers": [container],
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "tolerations": _node_loss_tolerations(),
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
@@ -137,6 +138,25 @@ def build_router_deployment(
             },
         },
     }
+
+
+# A router holds no state: on a lost node it is better replaced after 30 s
+# than after the 300 s Kubernetes gives every pod by default (the chaos
+# suite's "node NotReady" scenario: the Deployment only recreates an evicted
+# pod). Worker pods are replaced by the operator itself, at once.
+ROUTER_NODE_LOSS_TOLERATION_SECONDS = 30
+
+
+def _node_loss_tolerations() -> list[dict[str, Any]]:
+    return [
+        {
+            "key": key,
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": ROUTER_NODE_LOSS_TOLERATION_SECONDS,
+        }
+        for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+    ]
 
 
 def build_router_service(meta: ObjectMeta) -> dict[str, Any]:

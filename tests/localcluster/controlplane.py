@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 from kubeinfer.localcluster import components as comp
 from kubeinfer.localcluster.build import Binaries, ensure_cluster_binaries
-from kubeinfer.localcluster.certs import ClusterPki, generate_pki
+from kubeinfer.localcluster.certs import ClusterPki, generate_pki, pki_paths
 from kubeinfer.localcluster.client import KubeClient, KubeError
 from kubeinfer.localcluster.health import StartupError, http_ok, tail, wait_until
 from kubeinfer.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
@@ -64,6 +65,7 @@ class _Starter:
         self.layout = layout
         self.tie_to_parent = tie_to_parent
         self.started: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.argvs: dict[str, list[str]] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = self.layout.logs / f"{name}.log"
@@ -71,6 +73,7 @@ class _Starter:
             argv, log_path=log, env=env, cwd=self.layout.root, tie_to_parent=self.tie_to_parent
         )
         self.started[name] = (process, log)
+        self.argvs[name] = argv
 
     def check_alive(self) -> None:
         for name, (process, log) in self.started.items():
@@ -82,7 +85,7 @@ class _Starter:
 
     def components(self) -> list[Component]:
         return [
-            Component(name=name, pid=process.pid, log=str(log))
+            Component(name=name, pid=process.pid, log=str(log), argv=self.argvs[name])
             for name, (process, log) in self.started.items()
         ]
 
@@ -245,6 +248,7 @@ def _start_all(
         kubeconfig=str(layout.admin_kubeconfig),
         kubectl=str(binaries.kubectl),
         components=starter.components(),
+        tied_to=os.getpid() if starter.tie_to_parent else None,
     )
     state.save(layout.state_file)
     update_claim(octet, [c.pid for c in state.components])
@@ -302,3 +306,90 @@ def kill_all_groups(state: ClusterState) -> None:
     for component in state.components:
         signal_group(component.pid, signal.SIGKILL)
     sweep_pod_processes(Path(state.root) / "runtime")
+
+
+# What a chaos test may restart in place (same ports, same data directory).
+RESTARTABLE = ("etcd", "kube-apiserver")
+
+
+def stop_component(state: ClusterState, name: str, *, grace_seconds: float = 10) -> None:
+    """Stop one component as a rolling restart does (SIGTERM, SIGKILL after the grace).
+
+    Raises KeyError for a name that is not restartable or not running here.
+    """
+    component = _restartable(state, name)
+    stop_group(
+        component.pid, grace_seconds=grace_seconds, poll=functools.partial(_reap, component.pid)
+    )
+
+
+def start_component(state: ClusterState, name: str) -> None:
+    """Start a stopped component again with its command line, and record its new pid.
+
+    It dies with the process the cluster dies with, if that is this one and
+    this is its main thread: PR_SET_PDEATHSIG fires when the *thread* that
+    spawned it exits, and a worker thread of a pool may exit at any time.
+    The state (file and object) names it for `down` and `kill_all_groups`.
+    """
+    component = _restartable(state, name)
+    layout = comp.Layout(Path(state.root))
+    main_thread = threading.current_thread() is threading.main_thread()
+    process = spawn(
+        component.argv,
+        log_path=Path(component.log),
+        cwd=layout.root,
+        tie_to_parent=state.tied_to == os.getpid() and main_thread,
+    )
+    component.pid = process.pid
+    state.save(layout.state_file)
+
+
+def wait_api_ready(state: ClusterState, timeout: float = _STARTUP_TIMEOUT) -> None:
+    """Wait until etcd answers /health and the API server /readyz (which checks etcd)."""
+    layout = comp.Layout(Path(state.root))
+    api = KubeClient(
+        state.server, pki_paths(layout.pki), Path(state.kubectl), layout.admin_kubeconfig
+    )
+    by_name = {c.name: c for c in state.components}
+    etcd_url = _flag(by_name["etcd"].argv, "--listen-client-urls")
+
+    def check_alive() -> None:
+        for name in RESTARTABLE:
+            if not pid_alive(by_name[name].pid):
+                raise StartupError(
+                    f"{name} exited; last lines of its log:\n{tail(Path(by_name[name].log))}"
+                )
+
+    def ready() -> bool:
+        if not http_ok(f"{etcd_url}/health", timeout=1):
+            return False
+        try:
+            return bool(api.get("/readyz") == "ok")
+        except (KubeError, OSError):
+            return False
+
+    wait_until("etcd and kube-apiserver ready again", ready, timeout, check_alive, interval=0.1)
+
+
+def restart_component(state: ClusterState, name: str, *, grace_seconds: float = 10) -> None:
+    """Restart etcd or kube-apiserver in place and wait until the API is ready again.
+
+    Raises StartupError when it does not come back.
+    """
+    stop_component(state, name, grace_seconds=grace_seconds)
+    start_component(state, name)
+    wait_api_ready(state)
+
+
+def _restartable(state: ClusterState, name: str) -> Component:
+    if name not in RESTARTABLE:
+        raise KeyError(f"{name} cannot be restarted in place (only {', '.join(RESTARTABLE)})")
+    for component in state.components:
+        if component.name == name and component.argv:
+            return component
+    raise KeyError(f"no restartable {name} in the cluster at {state.root}")
+
+
+def _flag(argv: list[str], name: str) -> str:
+    prefix = f"{name}="
+    return next(arg[len(prefix) :] for arg in argv if arg.startswith(prefix))

@@ -1,4 +1,5 @@
-"""Failure injection by hand or from tests: kill a pod's process, take a node down."""
+"""Failure injection by hand or from tests: kill a pod's process, take a node
+down, take every free GPU."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from kubeinfer.localcluster.client import KubeClient
 from kubeinfer.localcluster.components import Layout
 from kubeinfer.localcluster.runtime.records import ProcessRecord, signal_pod
 from kubeinfer.localcluster.state import ClusterState
-from kubeinfer.localcluster.topology import NODE_DOWN_ANNOTATION
+from kubeinfer.localcluster.topology import GPU_RESOURCE, NODE_DOWN_ANNOTATION
+from kubeinfer.localcluster.waiting import wait_for
 
 
 class NoClusterError(RuntimeError):
@@ -56,3 +58,71 @@ def set_node_down(root: Path, node: str, down: bool) -> None:
     admin_client(root).merge_patch(
         f"/api/v1/nodes/{node}", {"metadata": {"annotations": {NODE_DOWN_ANNOTATION: value}}}
     )
+
+
+# Pods that hold GPUs for someone else (all_gpus_taken); KWOK runs them.
+GPU_HOG_LABEL = "localcluster.kubeinfer.io/gpu-hog"
+_HOG_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+def free_gpus(kube: KubeClient) -> dict[str, int]:
+    """GPUs per node that no live pod requests (as the scheduler counts them)."""
+    free = {
+        node["metadata"]["name"]: int(node["status"].get("allocatable", {}).get(GPU_RESOURCE, 0))
+        for node in kube.get("/api/v1/nodes")["items"]
+    }
+    for pod in kube.get("/api/v1/pods")["items"]:
+        node = pod["spec"].get("nodeName")
+        if node not in free or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for container in pod["spec"]["containers"]:
+            requests = (container.get("resources") or {}).get("requests") or {}
+            free[node] -= int(requests.get(GPU_RESOURCE, 0))
+    return {name: count for name, count in free.items() if count > 0}
+
+
+def take_free_gpus(kube: KubeClient, namespace: str, timeout: float = 60) -> int:
+    """Let other pods (in namespace) request every free GPU, as another team's
+    jobs would; return how many GPUs they took once all are scheduled.
+
+    Raises WaitTimeoutError when they are not all scheduled in time."""
+    taken = free_gpus(kube)
+    for node, count in taken.items():
+        kube.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "metadata": {"generateName": "gpu-hog-", "labels": {GPU_HOG_LABEL: "true"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "hog",
+                            "image": _HOG_IMAGE,
+                            "resources": {
+                                "requests": {GPU_RESOURCE: str(count)},
+                                "limits": {GPU_RESOURCE: str(count)},
+                            },
+                        }
+                    ],
+                },
+            },
+        )
+
+    def all_placed() -> bool:
+        hogs = kube.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={GPU_HOG_LABEL}")
+        return all(p["spec"].get("nodeName") for p in hogs["items"])
+
+    wait_for(all_placed, timeout, interval=0.2, what="the GPU-taking pods to be scheduled")
+    return sum(taken.values())
+
+
+def give_back_gpus(kube: KubeClient, namespace: str, timeout: float = 60) -> None:
+    """Delete the pods of take_free_gpus and wait until they are gone."""
+    path = f"/api/v1/namespaces/{namespace}/pods?labelSelector={GPU_HOG_LABEL}"
+    for pod in kube.get(path)["items"]:
+        kube.delete(
+            f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}",
+            {"gracePeriodSeconds": 0},
+        )
+    wait_for(lambda: not kube.get(path)["items"], timeout, interval=0.2, what="GPUs given back")

@@ -25,6 +25,8 @@ class Component:
     name: str
     pid: int
     log: str
+    # The command line, so that a chaos test can restart it in place.
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -37,6 +39,9 @@ class ClusterState:
     kubeconfig: str
     kubectl: str
     components: list[Component] = field(default_factory=list)
+    # The process the components die with (PR_SET_PDEATHSIG), if any: a
+    # component restarted later must die with it too, and only then.
+    tied_to: int | None = None
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")

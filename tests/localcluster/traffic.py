@@ -63,19 +63,19 @@ class Load:
                 if self._stop.is_set():
                     return
                 started = time.perf_counter()
+                streaming = n % self.stream_every == 0
                 try:
-                    if n % self.stream_every == 0:
+                    if streaming:
                         await self._stream(client, f"hello {index} {n}")
                     else:
                         await self._complete(client, f"hello {index} {n}")
                     self.latencies.append(time.perf_counter() - started)
                 except (openai.APIError, AssertionError) as error:
+                    # "failed" counts both kinds; "failed-stream" and
+                    # "failed-plain" split them: a stream cut by a dying
+                    # worker can't be retried once tokens went out.
                     self.outcomes["failed"] += 1
-                    # Streams and plain requests apart: a stream cut by a
-                    # dying worker can't be retried once tokens went out.
-                    self.outcomes[
-                        "failed-stream" if n % self.stream_every == 0 else "failed-plain"
-                    ] += 1
+                    self.outcomes["failed-stream" if streaming else "failed-plain"] += 1
                     self.failures.append(repr(error)[:300])
                 await asyncio.sleep(self.pause_seconds)
         finally:
@@ -91,7 +91,11 @@ class Load:
             await asyncio.gather(*tasks)
 
     def total(self) -> int:
-        return sum(self.outcomes[k] for k in ("ok", "stream-ok", "failed"))
+        return sum(self.outcomes[kind] for kind in ("ok", "stream-ok", "failed"))
+
+    def snapshot(self) -> Counter[str]:
+        """The counts so far (subtract two snapshots for the figures of a time window)."""
+        return Counter(self.outcomes)
 
     def summary(self) -> str:
         ordered = sorted(self.latencies)

@@ -173,3 +173,12 @@ class TestRoutingTable:
         self, weights: dict[str, int], available: set[str], expected: dict[str, int]
     ) -> None:
         assert normalise_weights(weights, available) == expected
+
+
+def test_router_pods_leave_a_lost_node_after_30_s(meta: ObjectMeta, images: Images) -> None:
+    pod = build_router_deployment(meta, make_spec(), images=images)["spec"]["template"]["spec"]
+    tolerations = {t["key"]: t for t in pod["tolerations"]}
+    assert set(tolerations) == {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+    for toleration in tolerations.values():
+        assert toleration["effect"] == "NoExecute"
+        assert toleration["tolerationSeconds"] == 30

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from kubeinfer.operator.retry import Refusal, refusal, retry_delay
+from kubeinfer.operator.retry import Refusal, refusal, report_now, retry_delay
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,12 @@ def test_refusals_need_a_person(
     status: int | None, body: str | bytes | None, expected: object
 ) -> None:
     assert refusal(status, body) == expected
+
+
+@pytest.mark.parametrize(("in_a_row", "reported"), [(0, False), (1, False), (2, True), (5, True)])
+def test_a_refusal_is_reported_when_the_next_pass_is_refused_too(
+    in_a_row: int, reported: bool
+) -> None:
+    # One 403 alone is what a just restarted API server answers while its
+    # RBAC cache fills: no person needs to act on that.
+    assert report_now(in_a_row) is reported
