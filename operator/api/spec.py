@@ -489,9 +489,10 @@ class RoutingSpec(ApiModel):
             le=86_400,
             description=(
                 "How long a router holds a request while no worker can take it (scaled to "
-                "zero), then 429 with Retry-After; 0 answers 503 at once. Absent: with "
-                "autoscaling, the worker's load timeout (at most requestTimeoutSeconds), "
-                "else 0. Set it when KEDA or an HPA scales from zero."
+                "zero, or all restarting), then 429 with Retry-After; 0 answers 503 at once. "
+                "Absent: with autoscaling, the worker's load timeout, else 10 s (a worker's "
+                "restart); at most requestTimeoutSeconds. Raise it when KEDA or an HPA "
+                "scales from zero."
             ),
         ),
     ] = None

@@ -368,7 +368,8 @@ def test_during_a_canary_up_is_allowed_and_down_waits() -> None:
 @pytest.mark.parametrize(
     ("extra", "hold"),
     [
-        ({}, 0.0),  # no autoscaling: nobody brings a worker back, 503 at once
+        ({}, 10.0),  # no autoscaling: long enough for a crashed worker's restart
+        ({"routing": {"requestTimeoutSeconds": 5}}, 5.0),
         ({"autoscaling": {"maxReplicas": 2}}, 300.0 + 30 * 1),  # the load budget of a 1 GiB model
         ({"autoscaling": {"maxReplicas": 2}, "routing": {"holdTimeoutSeconds": 45}}, 45.0),
         # KEDA or an HPA scaling from zero: a hold without spec.autoscaling
