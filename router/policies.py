@@ -290,6 +290,9 @@ class PrefixScore:
     WEIGHTS = (3.0, 2.0, 2.0)  # prefix, queue, KV: llm-d's defaults
     LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
     HOMES = 2
+    # A new prompt goes to the first ring worker at most this many requests
+    # above the least loaded one (docs/router.md#strategies).
+    FIRST_SIGHT_SLACK = 1
 
     def __init__(self, load_factor: float = 2.0,
                  weights: tuple[float, float, float] = WEIGHTS,
@@ -325,9 +328,39 @@ class PrefixScore:
         those under the load bound; empty when all of them are at it."""
         return self._ring.homes(key, candidates, self.HOMES)
 
+    def known(self, blocks: Sequence[int]) -> bool:
+        """Whether this router has sent a prompt starting with ``blocks[0]``
+        anywhere (still in some worker's LRU)."""
+        return bool(blocks) and any(blocks[0] in seen for seen in self._index.values())
+
+    def first_sight(self, key: int, candidates: Sequence[C]) -> C:
+        """A prompt this router has never sent: the first worker on the key's
+        ring walk whose load is within `FIRST_SIGHT_SLACK` of the least loaded.
+
+        Nothing is cached for it that routing could keep, so its choice is
+        least-loaded (what unique prompts need: no hash stickiness to pay
+        for); but among near-equal workers the ring order decides, so that
+        replicas with similar views (and, at light load, always) put a new
+        prefix on its first home, where `choose` will keep it."""
+        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        limit = min(loads.values()) + self.FIRST_SIGHT_SLACK
+        by_name = {c.name: c for c in candidates}
+        ring = self._ring
+        ring._ring(candidates)
+        for i in ring._walk(key):
+            name = ring._owners[i]
+            if name in by_name and loads[name] <= limit:
+                return by_name[name]
+        # Not reached: the least loaded candidate is on the ring.
+        return min(candidates, key=lambda c: loads[c.name])
+
     def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         if key is None and blocks:
             key = blocks[0]
+        if key is not None and len(candidates) > 1 and blocks and not self.known(blocks):
+            best = self.first_sight(key, candidates)
+            self._remember(best.name, blocks)
+            return best
         homes = self.homes(key, candidates) if key is not None and len(candidates) > 1 else []
         # Both homes at the bound: the others under it (a hot prefix spreads
         # instead of piling on the homes that hold it), else everyone.

@@ -146,7 +146,7 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
             p.terminate()
             p.wait(10)
         workers.stop()
-    out = wl.summarize(results, wall, warmup)
+    out = wl.summarize(results, wall, warmup, seconds)
     q = sum(a["vllm:prefix_cache_queries_total"] - b["vllm:prefix_cache_queries_total"]
             for a, b in zip(after, before, strict=True))
     h = sum(a["vllm:prefix_cache_hits_total"] - b["vllm:prefix_cache_hits_total"]
@@ -154,11 +154,18 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
     per = [a["vllm:request_success_total"] - b["vllm:request_success_total"]
            for a, b in zip(after, before, strict=True)]
     out["hit_rate"] = h / q if q else None
+    out["per_worker"] = [
+        {"requests": p, "hit_rate": (a["vllm:prefix_cache_hits_total"]
+                                     - b["vllm:prefix_cache_hits_total"]) / dq if dq else None}
+        for p, a, b, dq in zip(per, after, before,
+                               [a["vllm:prefix_cache_queries_total"]
+                                - b["vllm:prefix_cache_queries_total"]
+                                for a, b in zip(after, before, strict=True)], strict=True)]
     out["spread"] = max(per) / (sum(per) / len(per)) if sum(per) else None  # max / mean
     out.update(target=target, kind=kind, rate=rate)
     rb.log(f"{kind} {target} @ {rate:g}/s: " + ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()
-        if k not in ("target", "kind", "rate")))
+        if k not in ("target", "kind", "rate", "per_worker")))
     return out
 
 
@@ -167,11 +174,13 @@ def _f(v: Any, fmt: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | rate/s | target | out tok/s | TTFT p50 s | TTFT p90 s | ITL ms "
-             "| hit rate | load max/mean | errors |", "|" + "---|" * 10]
+    lines = ["| workload | rate/s | target | tok/s under load | tok/s with drain "
+             "| TTFT p50 s | TTFT p90 s | ITL ms | hit rate | load max/mean | errors |",
+             "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r['kind']} | {r['rate']:g} | {r['target']} | {_f(r.get('output_tok_s'), '{:.0f}')}"
+            f"| {r['kind']} | {r['rate']:g} | {r['target']} | {_f(r.get('tok_s_load'), '{:.0f}')}"
+            f" | {_f(r.get('tok_s_drain'), '{:.0f}')}"
             f" | {_f(r.get('ttft_p50'), '{:.2f}')} | {_f(r.get('ttft_p90'), '{:.2f}')}"
             f" | {_f(r.get('itl_mean') and r['itl_mean'] * 1000, '{:.0f}')}"
             f" | {_f(r.get('hit_rate'), '{:.0%}')} | {_f(r.get('spread'), '{:.2f}')}"
