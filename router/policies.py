@@ -216,6 +216,23 @@ class PrefixAffinity:
                 break
         return out
 
+    def in_ring_order(self, key: int, candidates: Sequence[C]) -> list[C]:
+        """``candidates`` in the order the ring walk from ``key`` meets them."""
+        self._ring(candidates)
+        by_name = {c.name: c for c in candidates}
+        out: list[C] = []
+        seen: set[str] = set()
+        for i in self._walk(key):
+            owner = self._owners[i]
+            if owner not in seen:
+                seen.add(owner)
+                c = by_name.get(owner)
+                if c is not None:
+                    out.append(c)
+                if len(seen) >= len(self._ring_of):
+                    break
+        return out
+
     def under_bound(self, candidates: Sequence[C]) -> list[C]:
         """The candidates whose load is under ``load_factor`` x the mean."""
         loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
@@ -290,9 +307,6 @@ class PrefixScore:
     WEIGHTS = (3.0, 2.0, 2.0)  # prefix, queue, KV: llm-d's defaults
     LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
     HOMES = 2
-    # A new prompt goes to the first ring worker at most this many requests
-    # above the least loaded one (docs/router.md#strategies).
-    FIRST_SIGHT_SLACK = 1
 
     def __init__(self, load_factor: float = 2.0,
                  weights: tuple[float, float, float] = WEIGHTS,
@@ -334,25 +348,26 @@ class PrefixScore:
         return bool(blocks) and any(blocks[0] in seen for seen in self._index.values())
 
     def first_sight(self, key: int, candidates: Sequence[C]) -> C:
-        """A prompt this router has never sent: the first worker on the key's
-        ring walk whose load is within `FIRST_SIGHT_SLACK` of the least loaded.
+        """A prompt this router has never sent: the first of the key's two
+        homes whose load is at most the mean, else the least loaded worker
+        (ties in the key's ring order).
 
-        Nothing is cached for it that routing could keep, so its choice is
-        least-loaded (what unique prompts need: no hash stickiness to pay
-        for); but among near-equal workers the ring order decides, so that
-        replicas with similar views (and, at light load, always) put a new
-        prefix on its first home, where `choose` will keep it."""
+        Nothing is known to be cached for it, so no home is worth a queue
+        (unique prompts balance like least-loaded); but a home that is not
+        busier than average takes it, so that replicas and a restarted router
+        put a new prefix where `choose` keeps it later, and at light load
+        always do."""
         loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
-        limit = min(loads.values()) + self.FIRST_SIGHT_SLACK
-        by_name = {c.name: c for c in candidates}
-        ring = self._ring
-        ring._ring(candidates)
-        for i in ring._walk(key):
-            name = ring._owners[i]
-            if name in by_name and loads[name] <= limit:
-                return by_name[name]
-        # Not reached: the least loaded candidate is on the ring.
-        return min(candidates, key=lambda c: loads[c.name])
+        mean = sum(loads.values()) / len(candidates)
+        for home in self._ring.homes(key, candidates, self.HOMES):
+            if loads[home.name] <= mean:
+                return home
+        best: C | None = None
+        for c in self._ring.in_ring_order(key, candidates):
+            if best is None or load_of(c) < load_of(best):
+                best = c
+        assert best is not None
+        return best
 
     def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         if key is None and blocks:

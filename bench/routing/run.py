@@ -65,8 +65,12 @@ class Workers:
                     "--port", str(p)]
             self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                stderr=(workdir / f"worker-{p}.log").open("ab")))
-        for u in self.urls:
-            rb.wait_until(lambda u=u: rb.http_ok(u + "/health"), 30, f"worker {u}")
+        try:
+            for u in self.urls:
+                rb.wait_until(lambda u=u: rb.http_ok(u + "/health"), 120, f"worker {u}")
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def urls(self) -> list[str]:
@@ -80,9 +84,18 @@ class Workers:
         return out
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
+        stop_all(self.procs)
+
+
+def stop_all(procs: list[Any]) -> None:
+    """SIGTERM, then SIGKILL what has not exited after 20 s (a busy machine)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
             p.wait(10)
 
 
@@ -142,9 +155,7 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
         after = workers.counters()
         before = warm[0] if warm else after
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)
         workers.stop()
     out = wl.summarize(results, wall, warmup, seconds)
     q = sum(a["vllm:prefix_cache_queries_total"] - b["vllm:prefix_cache_queries_total"]
