@@ -298,7 +298,10 @@ class PrefixScore:
     - KV: ``1 - vllm:kv_cache_usage_perc``.
 
     The highest sum wins; a tie goes to the first home (ties among all
-    workers rotate). Why two homes and not every worker
+    workers rotate). A prompt whose first block this router has not sent
+    anywhere yet is placed by `first_sight` instead: a home at or below the
+    mean load, else the least loaded worker (unique prompts balance as with
+    `LeastLoaded`). Why two homes and not every worker
     (llm-d's way) is measured in docs/benchmarks.md#routing-quality: with
     every worker scored, two router replicas learn different placements and
     a prefix ends up everywhere.
