@@ -2,7 +2,7 @@
 """Routing-quality benchmark: kubeinfer's strategies vs vllm-router's policies
 over 8 simulated vLLM workers with the KV-cache model.
 
-One command, loopback only, bounded in requests and time (about 20 minutes
+One command, loopback only, bounded in requests and time (about 35 minutes
 on 2 cores; ``--quick`` about 5):
 
     .venv/bin/python bench/routing/run.py   # vllm-router: bench/router/run.py --install
@@ -201,7 +201,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", default="4,8,16", help="requests/s, light to beyond saturation")
+    p.add_argument("--rates", default="4,8,16,24", help="requests/s, light to beyond saturation")
     p.add_argument("--control-rate", type=float, default=8.0, help="beyond saturation")
     p.add_argument("--seconds", type=float, default=16.0, help="arrivals per run")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds not counted")
