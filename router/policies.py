@@ -216,6 +216,23 @@ class PrefixAffinity:
                 break
         return out
 
+    def in_ring_order(self, key: int, candidates: Sequence[C]) -> list[C]:
+        """``candidates`` in the order the ring walk from ``key`` meets them."""
+        self._ring(candidates)
+        by_name = {c.name: c for c in candidates}
+        out: list[C] = []
+        seen: set[str] = set()
+        for i in self._walk(key):
+            owner = self._owners[i]
+            if owner not in seen:
+                seen.add(owner)
+                c = by_name.get(owner)
+                if c is not None:
+                    out.append(c)
+                if len(seen) >= len(self._ring_of):
+                    break
+        return out
+
     def under_bound(self, candidates: Sequence[C]) -> list[C]:
         """The candidates whose load is under ``load_factor`` x the mean."""
         loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
@@ -281,7 +298,10 @@ class PrefixScore:
     - KV: ``1 - vllm:kv_cache_usage_perc``.
 
     The highest sum wins; a tie goes to the first home (ties among all
-    workers rotate). Why two homes and not every worker
+    workers rotate). A prompt whose first block this router has not sent
+    anywhere yet is placed by `first_sight` instead: a home at or below the
+    mean load, else the least loaded worker (unique prompts balance as with
+    `LeastLoaded`). Why two homes and not every worker
     (llm-d's way) is measured in docs/benchmarks.md#routing-quality: with
     every worker scored, two router replicas learn different placements and
     a prefix ends up everywhere.
@@ -325,9 +345,40 @@ class PrefixScore:
         those under the load bound; empty when all of them are at it."""
         return self._ring.homes(key, candidates, self.HOMES)
 
+    def known(self, blocks: Sequence[int]) -> bool:
+        """Whether this router has sent a prompt starting with ``blocks[0]``
+        anywhere (still in some worker's LRU)."""
+        return bool(blocks) and any(blocks[0] in seen for seen in self._index.values())
+
+    def first_sight(self, key: int, candidates: Sequence[C]) -> C:
+        """A prompt this router has never sent: the first of the key's two
+        homes whose load is at most the mean, else the least loaded worker
+        (ties in the key's ring order).
+
+        Nothing is known to be cached for it, so no home is worth a queue
+        (unique prompts balance like least-loaded); but a home that is not
+        busier than average takes it, so that replicas and a restarted router
+        put a new prefix where `choose` keeps it later, and at light load
+        always do."""
+        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        mean = sum(loads.values()) / len(candidates)
+        for home in self._ring.homes(key, candidates, self.HOMES):
+            if loads[home.name] <= mean:
+                return home
+        best: C | None = None
+        for c in self._ring.in_ring_order(key, candidates):
+            if best is None or load_of(c) < load_of(best):
+                best = c
+        assert best is not None
+        return best
+
     def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
         if key is None and blocks:
             key = blocks[0]
+        if key is not None and len(candidates) > 1 and blocks and not self.known(blocks):
+            best = self.first_sight(key, candidates)
+            self._remember(best.name, blocks)
+            return best
         homes = self.homes(key, candidates) if key is not None and len(candidates) > 1 else []
         # Both homes at the bound: the others under it (a hot prefix spreads
         # instead of piling on the homes that hold it), else everyone.

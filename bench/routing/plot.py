@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-FIGURES = [("output_tok_s", "output tokens/s"), ("ttft_p90", "TTFT p90 (s)"),
+FIGURES = [("tok_s_load", "output tokens/s under load"), ("ttft_p90", "TTFT p90 (s)"),
            ("hit_rate", "prefix-cache hit rate")]
 
 

@@ -2,7 +2,7 @@
 """Routing-quality benchmark: kubeinfer's strategies vs vllm-router's policies
 over 8 simulated vLLM workers with the KV-cache model.
 
-One command, loopback only, bounded in requests and time (about 20 minutes
+One command, loopback only, bounded in requests and time (about 35 minutes
 on 2 cores; ``--quick`` about 5):
 
     .venv/bin/python bench/routing/run.py   # vllm-router: bench/router/run.py --install
@@ -65,8 +65,12 @@ class Workers:
                     "--port", str(p)]
             self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                stderr=(workdir / f"worker-{p}.log").open("ab")))
-        for u in self.urls:
-            rb.wait_until(lambda u=u: rb.http_ok(u + "/health"), 30, f"worker {u}")
+        try:
+            for u in self.urls:
+                rb.wait_until(lambda u=u: rb.http_ok(u + "/health"), 120, f"worker {u}")
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def urls(self) -> list[str]:
@@ -80,9 +84,18 @@ class Workers:
         return out
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
+        stop_all(self.procs)
+
+
+def stop_all(procs: list[Any]) -> None:
+    """SIGTERM, then SIGKILL what has not exited after 20 s (a busy machine)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
             p.wait(10)
 
 
@@ -142,11 +155,9 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
         after = workers.counters()
         before = warm[0] if warm else after
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)
         workers.stop()
-    out = wl.summarize(results, wall, warmup)
+    out = wl.summarize(results, wall, warmup, seconds)
     q = sum(a["vllm:prefix_cache_queries_total"] - b["vllm:prefix_cache_queries_total"]
             for a, b in zip(after, before, strict=True))
     h = sum(a["vllm:prefix_cache_hits_total"] - b["vllm:prefix_cache_hits_total"]
@@ -154,11 +165,18 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
     per = [a["vllm:request_success_total"] - b["vllm:request_success_total"]
            for a, b in zip(after, before, strict=True)]
     out["hit_rate"] = h / q if q else None
+    out["per_worker"] = [
+        {"requests": p, "hit_rate": (a["vllm:prefix_cache_hits_total"]
+                                     - b["vllm:prefix_cache_hits_total"]) / dq if dq else None}
+        for p, a, b, dq in zip(per, after, before,
+                               [a["vllm:prefix_cache_queries_total"]
+                                - b["vllm:prefix_cache_queries_total"]
+                                for a, b in zip(after, before, strict=True)], strict=True)]
     out["spread"] = max(per) / (sum(per) / len(per)) if sum(per) else None  # max / mean
     out.update(target=target, kind=kind, rate=rate)
     rb.log(f"{kind} {target} @ {rate:g}/s: " + ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()
-        if k not in ("target", "kind", "rate")))
+        if k not in ("target", "kind", "rate", "per_worker")))
     return out
 
 
@@ -167,11 +185,13 @@ def _f(v: Any, fmt: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | rate/s | target | out tok/s | TTFT p50 s | TTFT p90 s | ITL ms "
-             "| hit rate | load max/mean | errors |", "|" + "---|" * 10]
+    lines = ["| workload | rate/s | target | tok/s under load | tok/s with drain "
+             "| TTFT p50 s | TTFT p90 s | ITL ms | hit rate | load max/mean | errors |",
+             "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r['kind']} | {r['rate']:g} | {r['target']} | {_f(r.get('output_tok_s'), '{:.0f}')}"
+            f"| {r['kind']} | {r['rate']:g} | {r['target']} | {_f(r.get('tok_s_load'), '{:.0f}')}"
+            f" | {_f(r.get('tok_s_drain'), '{:.0f}')}"
             f" | {_f(r.get('ttft_p50'), '{:.2f}')} | {_f(r.get('ttft_p90'), '{:.2f}')}"
             f" | {_f(r.get('itl_mean') and r['itl_mean'] * 1000, '{:.0f}')}"
             f" | {_f(r.get('hit_rate'), '{:.0%}')} | {_f(r.get('spread'), '{:.2f}')}"
@@ -181,7 +201,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", default="4,8,16", help="requests/s, light to beyond saturation")
+    p.add_argument("--rates", default="4,8,16,24", help="requests/s, light to beyond saturation")
     p.add_argument("--control-rate", type=float, default=8.0, help="beyond saturation")
     p.add_argument("--seconds", type=float, default=16.0, help="arrivals per run")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds not counted")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -100,6 +101,7 @@ class Result:
     ttft: float | None = None
     itl: float | None = None  # mean gap between tokens after the first
     tokens: int = 0
+    times: list[float] = field(default_factory=list)  # when each token arrived
 
 
 async def one(session: aiohttp.ClientSession, url: str, model: str, messages: list[dict[str, str]],
@@ -130,6 +132,7 @@ async def one(session: aiohttp.ClientSession, url: str, model: str, messages: li
                     last = now
                     parts.append(piece)
                     res.tokens += 1
+                    res.times.append(now)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return res, ""
     if first is None or last is None:
@@ -187,19 +190,40 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def summarize(results: list[Result], wall: float, warmup: float) -> dict[str, Any]:
-    """Figures over requests sent after ``warmup`` seconds (cold caches excluded)."""
+def summarize(results: list[Result], wall: float, warmup: float,
+              seconds: float) -> dict[str, Any]:
+    """Figures over the window from ``warmup`` to ``seconds`` after the first
+    request (arrivals still coming, cold caches excluded).
+
+    - ``tok_s_load``: output tokens that reached clients inside that window,
+      from any request, per second: what the workers deliver while the load
+      is on (at and beyond saturation: their capacity). The main figure.
+    - ``tok_s_drain``: every token delivered from ``warmup`` until the last
+      answer, per second (as vLLM's benchmark_serving counts, with the
+      warm-up left out): adds how long the backlog takes to drain.
+    - ``output_tok_s``: the previous definition, kept to compare with older
+      tables: tokens of the requests *sent* after ``warmup`` over the time
+      until the last answer (the backlog sent before ``warmup`` is served in
+      that time but not counted).
+    - TTFT percentiles over requests sent in the window; a failed request
+      (timeout, error) counts as infinitely slow.
+    """
     if not results:
         return {}
     t0 = min(r.sent_at for r in results)
+    lo, hi = t0 + warmup, t0 + seconds
     kept = [r for r in results if r.sent_at - t0 >= warmup]
     ok = [r for r in kept if r.ok]
     span = max(wall - warmup, 1e-6)
-    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    ttfts = [r.ttft if r.ok and r.ttft is not None else math.inf for r in kept]
     itls = [r.itl for r in ok if r.itl is not None]
+    in_load = sum(1 for r in results for t in r.times if lo <= t < hi)
+    after = sum(1 for r in results for t in r.times if t >= lo)
     return {
         "requests": len(kept),
         "errors": len(kept) - len(ok),
+        "tok_s_load": in_load / max(seconds - warmup, 1e-6),
+        "tok_s_drain": after / span,
         "output_tok_s": sum(r.tokens for r in ok) / span,
         "ttft_p50": percentile(ttfts, 0.5),
         "ttft_p90": percentile(ttfts, 0.9),

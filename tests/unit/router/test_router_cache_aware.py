@@ -194,9 +194,9 @@ SCORES = [
     # Blocks after a mismatch do not count: one leading block beats three later ones.
     ([B("a"), B("b")], {"a": (99, *P[1:]), "b": P[:1]}, P, "b"),
     # Equal prefix: fewer in flight + queued (queue score 2 vs 0).
-    ([B("a", in_flight=2), B("b", queue_depth=1)], {}, P, "b"),
+    ([B("a", in_flight=2), B("b", queue_depth=1)], {"a": P[:2], "b": P[:2]}, P, "b"),
     # Equal prefix and load: the emptier KV cache.
-    ([B("a", kv_usage=0.7), B("b", kv_usage=0.1)], {}, P, "b"),
+    ([B("a", kv_usage=0.7), B("b", kv_usage=0.1)], {"a": P[:2], "b": P[:2]}, P, "b"),
     # The whole prefix (3) outweighs the busier queue (0 vs 2) at equal KV...
     ([B("a", in_flight=2), B("b", in_flight=1)], {"a": P}, P, "a"),
     # ... but not the busier queue and a nearly full cache (3 + 0 + 0.2 < 0 + 2 + 2).
@@ -284,3 +284,59 @@ def test_prefix_affinity_keeps_the_key_when_every_kv_cache_is_full() -> None:
     owner = policy.owner(KEYS[2], backends)
     assert owner is not None
     assert {policy.choose(backends, KEYS[2]).name for _ in range(4)} == {owner.name}
+
+
+# prefix-score on a prompt this router has not sent yet: the first of the
+# key's two ring homes at or below the mean load, else the least loaded.
+# Rows of (in-flight per worker, the workers some key picks; no other).
+FIRST_SIGHT = [
+    # Only one worker at or below the mean (4.75): it, whatever the key.
+    ([5, 5, 5, 5, 5, 5, 5, 3], {"w7"}),
+    # Mean 3.25: w4 when it is a home, else w0 (a home, or the least loaded).
+    ([0, 4, 4, 4, 2, 4, 4, 4], {"w0", "w4"}),
+]
+
+
+@pytest.mark.parametrize(("loads", "allowed"), FIRST_SIGHT)
+def test_prefix_score_sends_a_new_prompt_to_the_least_loaded(
+    loads: list[int], allowed: set[str],
+) -> None:
+    backends = [B(f"w{i}", in_flight=n) for i, n in enumerate(loads)]
+    chosen = set()
+    for k in KEYS[:40]:
+        policy = PrefixScore()
+        chosen.add(policy.choose(backends, k, (k, k + 1)).name)
+    assert chosen == allowed  # every allowed one is some key's pick
+
+
+def test_prefix_score_new_prompts_at_equal_load_go_to_their_first_home() -> None:
+    """Idle workers (a new router, a second replica, a restart): a new prompt
+    goes to its key's first ring home in every replica, whatever order the
+    replica's table lists the workers in; the next request keeps it there."""
+    backends = [B(f"w{i}") for i in range(8)]
+    one, two = PrefixScore(), PrefixScore()
+    one.set_members([b.name for b in backends])
+    two.set_members([b.name for b in reversed(backends)])
+    for k in KEYS[:50]:
+        blocks = (k, k + 1)
+        home = one.homes(k, backends)[0].name
+        assert one.choose(backends, k, blocks).name == home
+        assert two.choose(backends, k, blocks).name == home
+        assert one.known(blocks)
+        assert one.choose(backends, k, blocks).name == home  # prefix score: stays
+
+
+def test_prefix_score_balances_unique_prompts_like_least_loaded() -> None:
+    """Unique prompts (nothing shared): no worker above the mean load takes
+    one, where two homes would let a worker reach the load bound (2 x the
+    mean)."""
+    backends = [B(f"w{i}") for i in range(8)]
+    policy = PrefixScore()
+    for i, k in enumerate(KEYS):
+        mean = sum(b.in_flight for b in backends) / len(backends)
+        chosen = policy.choose(backends, k, (k,))
+        assert chosen.in_flight <= mean
+        chosen.in_flight += 1
+        if i % 3 == 2:  # some finish, on a fixed worker
+            done = backends[i % 8]
+            done.in_flight = max(done.in_flight - 1, 0)
