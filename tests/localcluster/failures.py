@@ -13,6 +13,10 @@ from kubeinfer.localcluster.runtime.records import ProcessRecord, signal_pod
 from kubeinfer.localcluster.state import ClusterState
 from kubeinfer.localcluster.topology import GPU_RESOURCE, NODE_DOWN_ANNOTATION
 from kubeinfer.localcluster.waiting import wait_for
+from kubeinfer.operator.builders.common import (
+    restricted_container_security,
+    restricted_pod_security,
+)
 
 
 class NoClusterError(RuntimeError):
@@ -95,10 +99,13 @@ def take_free_gpus(kube: KubeClient, namespace: str, timeout: float = 60) -> int
                 "spec": {
                     "nodeSelector": {"kubernetes.io/hostname": node},
                     "tolerations": [{"operator": "Exists"}],
+                    "securityContext": restricted_pod_security(),
                     "containers": [
                         {
                             "name": "hog",
                             "image": _HOG_IMAGE,
+                            # Admitted in namespaces that enforce Pod Security "restricted".
+                            "securityContext": restricted_container_security(),
                             "resources": {
                                 "requests": {GPU_RESOURCE: str(count)},
                                 "limits": {GPU_RESOURCE: str(count)},

@@ -40,6 +40,7 @@ __all__ = ["async_wait_for", "wait_for"]
 
 ENV_TEST_CLUSTER_DIR = "KUBEINFER_TEST_CLUSTER_DIR"
 _NAMESPACE_GONE_TIMEOUT = 60.0
+_TEARDOWN_GRACE_SECONDS = 1
 
 
 def _progress(message: str) -> None:
@@ -105,9 +106,12 @@ def namespace(kube: KubeClient, request: pytest.FixtureRequest) -> Iterator[str]
         what=f"the default ServiceAccount in {name}",
     )
     yield name
-    # Deleting the pods first is quicker than waiting for the namespace controller.
-    kube.delete(f"/api/v1/namespaces/{name}/pods")
+    # The namespace first: once it is terminating, nothing (the operator, a
+    # ReplicaSet) can create pods in it. Then its pods at once, with a 1 s
+    # grace: a test's pods need no drain, and the namespace controller would
+    # give each its full grace period (5 s or more per test, minutes in all).
     kube.delete(f"/api/v1/namespaces/{name}")
+    kube.delete(f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds={_TEARDOWN_GRACE_SECONDS}")
     wait_for(
         lambda: not kube.get(f"/api/v1/namespaces/{name}/pods")["items"],
         _NAMESPACE_GONE_TIMEOUT,
