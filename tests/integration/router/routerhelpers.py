@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.router.app import Router
@@ -41,6 +42,39 @@ def make_table(
     }
     doc.update(extra)
     return RoutingTable.model_validate(doc)
+
+
+def start_router_process(
+    directory: Path, table: RoutingTable, *args: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`kubeinfer-router` as users run it: a process on HOST with ``--config``
+    (the table written to ``directory``), its output in ``directory/router.log``.
+    Returns the process, its port and the log; the caller waits for /readyz
+    and ends it."""
+    routes = directory / "routes.json"
+    routes.write_text(json.dumps(table.to_dict()))
+    port = free_port()
+    log = directory / "router.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "kubeinfer.router.main",
+            "--config",
+            str(routes),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--access-log",
+            "off",
+            *args,
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return proc, port, log
 
 
 class MockProcess:

@@ -4,17 +4,14 @@ processes sharing the port, and a graceful drain on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
-from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import async_wait_for
-from routerhelpers import HOST, make_table
+from routerhelpers import HOST, make_table, start_router_process
 
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
 
@@ -22,30 +19,7 @@ COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
 def start_cli(
     tmp_path: Path, table_urls: list[str], *args: str
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    routes = tmp_path / "routes.yaml"
-    routes.write_text(json.dumps(make_table(table_urls).to_dict()))
-    port = free_port()
-    log = tmp_path / "router.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-P",
-            "-m",
-            "kubeinfer.router.main",
-            "--config",
-            str(routes),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--access-log",
-            "off",
-            *args,
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
+    proc, port, log = start_router_process(tmp_path, make_table(table_urls), *args)
     return proc, f"http://{HOST}:{port}", log
 
 

@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import wait_for
-from routerhelpers import HOST, make_table
+from routerhelpers import HOST, make_table, start_router_process
 
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 1.5
@@ -102,32 +102,13 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    port = free_port()
-    log = tmp / "router.log"
-    routes = tmp / "routes.json"
-    table = make_table([f"http://{HOST}:{mock_port}"], strategy="prefix-affinity")
-    routes.write_text(json.dumps(table.to_dict()))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-P",
-            "-m",
-            "kubeinfer.router.main",
-            "--config",
-            str(routes),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--access-log",
-            "off",
-            "--max-body-bytes",
-            str(MAX_BODY),
-            "--request-read-timeout",
-            str(READ_TIMEOUT),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    proc, port, log = start_router_process(
+        tmp,
+        make_table([f"http://{HOST}:{mock_port}"], strategy="prefix-affinity"),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--request-read-timeout",
+        str(READ_TIMEOUT),
     )
     try:
         wait_for(
