@@ -43,11 +43,13 @@ class WorkerLoad(NamedTuple):
     """What the router reads from a worker's ``/metrics``."""
 
     waiting: int | None  # num_requests_waiting, summed over engines
+    running: int | None  # num_requests_running, summed over engines
     generation_tokens: float | None  # generation_tokens_total, summed over engines
     kv_usage: float | None  # kv_cache_usage_perc, the fullest engine's
 
 
 _WAITING = (names.NUM_REQUESTS_WAITING + "{", names.NUM_REQUESTS_WAITING + " ")
+_RUNNING = (names.NUM_REQUESTS_RUNNING + "{", names.NUM_REQUESTS_RUNNING + " ")
 _TOKENS = (names.GENERATION_TOKENS + "_total{", names.GENERATION_TOKENS + "_total ")
 _KV = (names.KV_CACHE_USAGE_PERC + "{", names.KV_CACHE_USAGE_PERC + " ")
 
@@ -55,10 +57,11 @@ _KV = (names.KV_CACHE_USAGE_PERC + "{", names.KV_CACHE_USAGE_PERC + " ")
 def parse_vllm_metrics(text: str) -> WorkerLoad:
     """The load figures of one scrape.
 
-    Only three families are looked at, by line prefix, so a 40 kB scrape
+    Only four families are looked at, by line prefix, so a 40 kB scrape
     costs next to nothing.
     """
     waiting: float | None = None
+    running: float | None = None
     tokens: float | None = None
     kv: float | None = None
     for line in text.splitlines():
@@ -68,6 +71,10 @@ def parse_vllm_metrics(text: str) -> WorkerLoad:
             value = _value(line)
             if value is not None:
                 waiting = (waiting or 0.0) + value
+        elif line.startswith(_RUNNING):
+            value = _value(line)
+            if value is not None:
+                running = (running or 0.0) + value
         elif line.startswith(_TOKENS):
             value = _value(line)
             if value is not None:
@@ -76,7 +83,8 @@ def parse_vllm_metrics(text: str) -> WorkerLoad:
             value = _value(line)
             if value is not None:
                 kv = value if kv is None else max(kv, value)
-    return WorkerLoad(int(waiting) if waiting is not None else None, tokens, kv)
+    return WorkerLoad(int(waiting) if waiting is not None else None,
+                      int(running) if running is not None else None, tokens, kv)
 
 
 def _value(line: str) -> float | None:
@@ -174,8 +182,9 @@ class HealthMonitor:
                 text = await resp.text()
         except (aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError):
             return
-        waiting, tokens, kv_usage = parse_vllm_metrics(text)
+        waiting, running, tokens, kv_usage = parse_vllm_metrics(text)
         b.queue_depth = waiting
+        b.engine_running = running
         b.kv_usage = kv_usage
         if tokens is not None:
             if b.generation_tokens is not None and tokens > b.generation_tokens:

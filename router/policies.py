@@ -34,6 +34,8 @@ class Candidate(Protocol):
     @property
     def queue_depth(self) -> int | None: ...
     @property
+    def engine_running(self) -> int | None: ...
+    @property
     def kv_usage(self) -> float | None: ...
 
 
@@ -51,6 +53,20 @@ class Policy(Protocol):
 # A worker whose KV cache is this full would have to evict (or preempt) to
 # take another sequence: prefix affinity passes it over like an overloaded one.
 KV_FULL = 0.95
+
+
+def requests_on(c: Candidate) -> int:
+    """How many requests a worker holds: the engine's own last count
+    (``vllm:num_requests_running`` + ``vllm:num_requests_waiting``, which
+    includes other router replicas' requests) or this router's requests in
+    flight there (always current), whichever is larger.
+
+    Not their sum: this router's requests are in the engine's count too, so
+    adding the two counted every waiting request twice and made a worker
+    with a queue look twice as busy as it is.
+    """
+    engine = (c.engine_running or 0) + (c.queue_depth or 0)
+    return max(c.in_flight, engine)
 
 
 def load_of(c: Candidate) -> tuple[int, int, float]:
@@ -141,7 +157,8 @@ class PrefixAffinity:
     backend, so its KV cache is reused; but no backend takes more than
     ``load_factor`` times the average load: a hot key spills to the next
     backend on the ring instead of creating a hot spot. A backend's load is
-    its requests in flight plus the queue the worker reports (so the bound
+    `requests_on` it: this router's requests in flight or the running +
+    waiting count the worker reports, whichever is larger (so the bound
     holds across router replicas); a backend whose KV cache is full is passed
     over for the next one under the bound that is not (if every one is full,
     the first under the bound takes it). Requests without a key are balanced
@@ -197,7 +214,7 @@ class PrefixAffinity:
         moves only its own keys."""
         self._ring(candidates)
         by_name = {c.name: c for c in candidates}
-        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        loads = {c.name: requests_on(c) for c in candidates}
         bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
         out: list[C] = []
         seen: set[str] = set()
@@ -235,7 +252,7 @@ class PrefixAffinity:
 
     def under_bound(self, candidates: Sequence[C]) -> list[C]:
         """The candidates whose load is under ``load_factor`` x the mean."""
-        loads = [c.in_flight + (c.queue_depth or 0) for c in candidates]
+        loads = [requests_on(c) for c in candidates]
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(candidates))
         return [c for c, load in zip(candidates, loads, strict=True) if load < bound]
 
@@ -250,7 +267,7 @@ class PrefixAffinity:
             return self._fallback.choose(candidates, key)
         self._ring(candidates)
         by_name = {c.name: c for c in candidates}
-        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        loads = {c.name: requests_on(c) for c in candidates}
         bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
         owners = self._owners
         seen: set[str] = set()
@@ -293,8 +310,7 @@ class PrefixScore:
       worker, from an LRU index per worker (llm-d's approximate prefix
       scorer; it cannot see evictions and knows only its own routing);
     - queue: ``(max - load) / (max - min)`` over the workers scored, 1 when
-      all are equal, with load = requests in flight from this router + the
-      worker's scraped waiting queue;
+      all are equal, with load = `requests_on` the worker;
     - KV: ``1 - vllm:kv_cache_usage_perc``.
 
     The highest sum wins; a tie goes to the first home (ties among all
@@ -360,7 +376,7 @@ class PrefixScore:
         busier than average takes it, so that replicas and a restarted router
         put a new prefix where `choose` keeps it later, and at light load
         always do."""
-        loads = {c.name: c.in_flight + (c.queue_depth or 0) for c in candidates}
+        loads = {c.name: requests_on(c) for c in candidates}
         mean = sum(loads.values()) / len(candidates)
         for home in self._ring.homes(key, candidates, self.HOMES):
             if loads[home.name] <= mean:
@@ -385,7 +401,7 @@ class PrefixScore:
         scored = homes or (self._ring.under_bound(candidates) if key is not None else []) \
             or candidates
         n = len(scored)
-        loads = [c.in_flight + (c.queue_depth or 0) for c in scored]
+        loads = [requests_on(c) for c in scored]
         lo, hi = min(loads), max(loads)
         w_prefix, w_queue, w_kv = self.weights
         if homes:

@@ -94,7 +94,8 @@ class BackendState:
         self.probation = False
         self.consecutive_failures = 0
         self.in_flight = 0
-        self.queue_depth: int | None = None
+        self.queue_depth: int | None = None  # vllm:num_requests_waiting, last scraped
+        self.engine_running: int | None = None  # vllm:num_requests_running, last scraped
         self.kv_usage: float | None = None  # vllm:kv_cache_usage_perc, last scraped
         self.generation_tokens: float | None = None
         self.removed = False

@@ -16,6 +16,7 @@ from kubeinfer.router.policies import (
     LeastLoaded,
     PrefixAffinity,
     PrefixScore,
+    requests_on,
     stable_hash,
 )
 from kubeinfer.router.pool import Pool
@@ -29,6 +30,7 @@ class B:
     weight: int = 1
     in_flight: int = 0
     queue_depth: int | None = None
+    engine_running: int | None = None
     kv_usage: float | None = None
 
 
@@ -103,20 +105,40 @@ def test_an_unhealthy_worker_moves_only_its_own_keys_and_gets_them_back() -> Non
     assert placements(pool, KEYS) == before
 
 
+@pytest.mark.parametrize(
+    ("backend", "expected", "why"),
+    [
+        (B("a", in_flight=3), 3, "never scraped: this router's own count"),
+        (B("a", in_flight=3, engine_running=2, queue_depth=1), 3,
+         "the engine's 3 are this router's 3: not 6"),
+        (B("a", in_flight=1, engine_running=4, queue_depth=2), 6,
+         "other routers' requests show in the engine's count"),
+        (B("a", in_flight=5, engine_running=1, queue_depth=0), 5,
+         "a scrape older than this router's last requests"),
+        (B("a", engine_running=0, queue_depth=7), 7, "waiting only"),
+    ],
+)
+def test_requests_on_a_worker_are_counted_once(backend: B, expected: int, why: str) -> None:
+    assert requests_on(backend) == expected, why
+
+
 @pytest.mark.parametrize(("n", "load_factor", "queued"), [(4, 1.25, 0), (8, 1.25, 3), (8, 1.5, 1)])
 def test_bounded_load_under_a_hot_prefix(n: int, load_factor: float, queued: int) -> None:
-    """Every request has the same key (one system prompt). Workers also report
-    a queue (other routers' requests): the bound counts it too."""
+    """Every request has the same key (one system prompt). Workers also hold
+    ``queued`` requests from other routers, which their scraped queue shows
+    with this router's own: the bound counts them too."""
     backends = [B(f"b{i}", queue_depth=queued) for i in range(n)]
     policy = PrefixAffinity(load_factor)
     hot = stable_hash(b"the one long system prompt")
     for _ in range(20 * n):
-        loads = [b.in_flight + (b.queue_depth or 0) for b in backends]
+        loads = [requests_on(b) for b in backends]
         bound = -(-load_factor * (sum(loads) + 1) // n)
         chosen = policy.choose(backends, hot)
-        assert chosen.in_flight + (chosen.queue_depth or 0) < bound
+        assert requests_on(chosen) < bound
         chosen.in_flight += 1
-    loads = [b.in_flight + (b.queue_depth or 0) for b in backends]
+        chosen.queue_depth = queued + chosen.in_flight  # the engine counts ours too
+    loads = [requests_on(b) for b in backends]
+    assert loads == [queued + b.in_flight for b in backends]
     assert max(loads) <= -(-load_factor * sum(loads) // n)
 
 

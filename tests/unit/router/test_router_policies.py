@@ -25,6 +25,7 @@ class B:
     weight: int = 1
     in_flight: int = 0
     queue_depth: int | None = None
+    engine_running: int | None = None
     kv_usage: float | None = None
 
 

@@ -228,8 +228,10 @@ def test_prometheus_text_parses_and_has_the_families() -> None:
 
 
 def test_vllm_metrics_fixture_parses() -> None:
-    waiting, tokens, kv_usage = parse_vllm_metrics((FIXTURES / "metrics.txt").read_text())
+    waiting, running, tokens, kv_usage = parse_vllm_metrics(
+        (FIXTURES / "metrics.txt").read_text())
     assert waiting == 0
+    assert running == 0
     assert tokens == 26.0  # 8 + 5 + 8 + 5 tokens (the recorder sets ignore_eos)
     assert kv_usage == 0.0
 
@@ -239,9 +241,11 @@ def test_vllm_metrics_sum_over_engines() -> None:
         'vllm:num_requests_waiting{engine="0",model_name="m"} 3.0\n'
         'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0\n'
         'vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 9.0\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 4.0\n'
+        'vllm:num_requests_running{engine="1",model_name="m"} 1.0\n'
         "vllm:generation_tokens_total 12.0\n"
         'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
         'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5\n'
     )
-    assert parse_vllm_metrics(text) == (5, 12.0, 0.5)
-    assert parse_vllm_metrics("garbage\n") == (None, None, None)
+    assert parse_vllm_metrics(text) == (5, 5, 12.0, 0.5)
+    assert parse_vllm_metrics("garbage\n") == (None, None, None, None)
