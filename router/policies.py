@@ -295,42 +295,49 @@ class PrefixAffinity:
 
 
 class PrefixScore:
-    """Scores prefix affinity against load, in the manner of llm-d's scheduler
-    (its default profile: prefix-cache-scorer x 3, queue-scorer x 2,
-    kv-cache-utilization-scorer x 2), among the key's two homes on the hash
-    ring:
+    """Scores prefix affinity against load among the key's two homes on the
+    hash ring (after llm-d's prefix-cache and queue scorers, with a measured
+    exchange rate between them instead of llm-d's normalised weights):
 
     - homes: the first two workers on `PrefixAffinity`'s ring at the key
       (the table's names only), so every router replica, and a restarted
       one, keeps a prefix on the same two workers; when both are at the
       bound (``load_factor`` x the mean load, as in `PrefixAffinity`) the
       workers under the bound are scored;
-    - prefix: the share of the prompt's leading blocks (``blocks``, chained
-      hashes of 256-character blocks) that this router last sent to the
-      worker, from an LRU index per worker (llm-d's approximate prefix
-      scorer; it cannot see evictions and knows only its own routing);
-    - queue: ``(max - load) / (max - min)`` over the workers scored, 1 when
-      all are equal, with load = `requests_on` the worker;
-    - KV: ``1 - vllm:kv_cache_usage_perc``.
+    - score = prefix - ``load_cost`` x load, where prefix is the share of
+      the prompt's leading blocks (``blocks``, chained hashes of
+      256-character blocks) that this router last sent to the worker, from
+      an LRU index per worker (llm-d's approximate prefix scorer; it cannot
+      see evictions and knows only its own routing), and load is
+      `requests_on` the worker. With the default `LOAD_COST` a worker that
+      holds the whole prompt keeps it until it has 12 more requests than the
+      other home, and one that holds a quarter of it until it has 3 more.
 
-    The highest sum wins; a tie goes to the first home (ties among all
-    workers rotate). A prompt whose first block this router has not sent
-    anywhere yet is placed by `first_sight` instead: a home at or below the
-    mean load, else the least loaded worker (unique prompts balance as with
-    `LeastLoaded`). Why two homes and not every worker
-    (llm-d's way) is measured in docs/benchmarks.md#routing-quality: with
-    every worker scored, two router replicas learn different placements and
-    a prefix ends up everywhere.
+    The highest score wins; a tie goes to the first home (ties among all
+    workers rotate). KV-cache usage is not scored: at and beyond saturation
+    every cache is full, and as a tie-breaker it would let two replicas
+    disagree on a new prefix. A prompt whose first block this router has not
+    sent anywhere yet is placed by `first_sight` instead: a home at or below
+    the mean load, else the least loaded worker (unique prompts balance as
+    with `LeastLoaded`). Why two homes and not every worker (llm-d's way),
+    and why this exchange rate, is measured in
+    docs/benchmarks.md#routing-quality: with every worker scored, two router
+    replicas learn different placements and a prefix ends up everywhere;
+    with llm-d's weights (prefix x 3 against a queue score normalised over
+    the two homes, x 2) a one-request difference moved a prompt off the
+    worker that held it, every group of prompts ended up cached on both of
+    its homes, and the caches thrashed.
     """
 
-    WEIGHTS = (3.0, 2.0, 2.0)  # prefix, queue, KV: llm-d's defaults
+    # Score points per request on a worker (the prefix term is 0..1): from
+    # bench/routing/run.py, 0.04-0.15 all beat llm-d's weights, 0.08 best.
+    LOAD_COST = 0.08
     LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
     HOMES = 2
 
-    def __init__(self, load_factor: float = 2.0,
-                 weights: tuple[float, float, float] = WEIGHTS,
+    def __init__(self, load_factor: float = 2.0, load_cost: float = LOAD_COST,
                  capacity: int = LRU_BLOCKS_PER_WORKER) -> None:
-        self.weights = weights
+        self.load_cost = load_cost
         self.capacity = capacity
         self._ring = PrefixAffinity(load_factor)
         self._index: dict[str, OrderedDict[int, None]] = {}
@@ -401,9 +408,7 @@ class PrefixScore:
         scored = homes or (self._ring.under_bound(candidates) if key is not None else []) \
             or candidates
         n = len(scored)
-        loads = [requests_on(c) for c in scored]
-        lo, hi = min(loads), max(loads)
-        w_prefix, w_queue, w_kv = self.weights
+        cost = self.load_cost
         if homes:
             # Ties go to the first home, so that replicas that have not seen
             # a prefix yet (or see equal loads) agree on one worker.
@@ -412,14 +417,12 @@ class PrefixScore:
             start = self._start % n
             self._start = start + 1
         best = scored[start]
-        best_score = -1.0
+        best_score = -math.inf
         for i in range(n):
-            j = (start + i) % n
-            c = scored[j]
-            score = w_kv * (1.0 - min(c.kv_usage or 0.0, 1.0))
-            score += w_queue * ((hi - loads[j]) / (hi - lo) if hi > lo else 1.0)
+            c = scored[(start + i) % n]
+            score = -cost * requests_on(c)
             if blocks:
-                score += w_prefix * self.matched(c.name, blocks) / len(blocks)
+                score += self.matched(c.name, blocks) / len(blocks)
             if score > best_score:
                 best, best_score = c, score
         if blocks:

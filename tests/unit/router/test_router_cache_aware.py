@@ -204,25 +204,29 @@ def test_keys_spread_evenly_over_the_ring() -> None:
     assert min(counts.values()) > len(KEYS) / 8 * 0.5
 
 
-# prefix-score (llm-d-style weighted scores among a key's two ring homes):
-# rows of (backends, what this router last sent where: {name: blocks},
-# request blocks, expected choice). Two backends: both are the key's homes.
+# prefix-score (prefix share - LOAD_COST x load among a key's two ring
+# homes; LOAD_COST is 0.08): rows of (backends, what this router last sent
+# where: {name: blocks}, request blocks, expected choice). Two backends: both
+# are the key's homes.
 P = (11, 12, 13, 14)
 SCORES = [
-    # Equal load and KV: the worker holding the whole prefix (3 points).
+    # Equal load: the worker holding the whole prefix.
     ([B("a"), B("b")], {"b": P}, P, "b"),
     # Longer leading match wins over a shorter one.
     ([B("a"), B("b")], {"a": P[:1], "b": P[:3]}, P, "b"),
     # Blocks after a mismatch do not count: one leading block beats three later ones.
     ([B("a"), B("b")], {"a": (99, *P[1:]), "b": P[:1]}, P, "b"),
-    # Equal prefix: fewer in flight + queued (queue score 2 vs 0).
+    # Equal prefix: fewer requests on it (in flight, or the engine's running + waiting).
     ([B("a", in_flight=2), B("b", queue_depth=1)], {"a": P[:2], "b": P[:2]}, P, "b"),
-    # Equal prefix and load: the emptier KV cache.
-    ([B("a", kv_usage=0.7), B("b", kv_usage=0.1)], {"a": P[:2], "b": P[:2]}, P, "b"),
-    # The whole prefix (3) outweighs the busier queue (0 vs 2) at equal KV...
-    ([B("a", in_flight=2), B("b", in_flight=1)], {"a": P}, P, "a"),
-    # ... but not the busier queue and a nearly full cache (3 + 0 + 0.2 < 0 + 2 + 2).
-    ([B("a", in_flight=2, kv_usage=0.9), B("b", in_flight=1)], {"a": P}, P, "b"),
+    ([B("a", in_flight=2), B("b", engine_running=3)], {"a": P[:2], "b": P[:2]}, P, "a"),
+    # A quarter of the prompt (0.25) is worth 3 requests (0.24) but not 4 (0.32).
+    ([B("a", in_flight=9), B("b", in_flight=6)], {"a": P[:1]}, P, "a"),
+    ([B("a", in_flight=10), B("b", in_flight=6)], {"a": P[:1]}, P, "b"),
+    # The whole prompt is worth 12 requests (0.96), not 13 (1.04).
+    ([B("a", in_flight=32), B("b", in_flight=20)], {"a": P}, P, "a"),
+    ([B("a", in_flight=33), B("b", in_flight=20)], {"a": P}, P, "b"),
+    # KV-cache usage is not scored (every cache is full at saturation).
+    ([B("a", kv_usage=0.99), B("b", kv_usage=0.1)], {"a": P}, P, "a"),
     # At the load bound (1.25 x mean) a worker is out, whatever it holds.
     ([B("a", in_flight=5), B("b")], {"a": P}, P, "b"),
 ]
