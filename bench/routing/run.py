@@ -199,6 +199,43 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BEST = "prefix-score"  # kubeinfer's strategy for shared prefixes (docs/router.md)
+
+
+def ratios(rows: list[dict[str, Any]]) -> str:
+    """The issue's targets as ratios within this run: the best strategy
+    against round-robin and vllm-router's cache_aware on the shared workload
+    (tokens/s under load: higher is better; TTFT p90: lower is better), and
+    against least-loaded on the control workload."""
+    def pick(kind: str, target: str, rate: float | None = None) -> dict[str, Any] | None:
+        return next((r for r in rows if r["kind"] == kind and r["target"] == target
+                     and (rate is None or r["rate"] == rate)), None)
+
+    def ratio(a: dict[str, Any], b: dict[str, Any] | None, field: str) -> str:
+        x, y = a.get(field), (b or {}).get(field)
+        if x is None or y is None or y == 0 or y == float("inf"):
+            return "-"
+        return f"{x / y:.2f}x"
+
+    lines = [f"| rate/s | {BEST} tok/s vs round-robin (>= 2x) | TTFT p90 vs round-robin "
+             "(<= 0.2x) | tok/s vs cache_aware (>= 1x) | TTFT p90 vs cache_aware (<= 1x) |",
+             "|" + "---|" * 5]
+    for rate in sorted({r["rate"] for r in rows if r["kind"] == "shared"}):
+        best = pick("shared", BEST, rate)
+        if best is None:
+            continue
+        rr, ca = pick("shared", "round-robin", rate), pick("shared", "vllm-router:cache_aware",
+                                                            rate)
+        lines.append(f"| {rate:g} | {ratio(best, rr, 'tok_s_load')} | "
+                     f"{ratio(best, rr, 'ttft_p90')} | {ratio(best, ca, 'tok_s_load')} | "
+                     f"{ratio(best, ca, 'ttft_p90')} |")
+    best, ll = pick("control", BEST), pick("control", "least-loaded")
+    if best is not None and ll is not None:
+        lines.append(f"\ncontrol: {BEST} tok/s {ratio(best, ll, 'tok_s_load')} of least-loaded's "
+                     f"(within 5 %), TTFT p90 {ratio(best, ll, 'ttft_p90')}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", default="4,8,16,24", help="requests/s, light to beyond saturation")
@@ -234,6 +271,8 @@ def main() -> int:
             if t in targets and "control" in kinds:
                 rows.append(measure(t, "control", a.control_rate, a.seconds, a.warmup, workdir))
     print(table(rows))
+    print()
+    print(ratios(rows))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(rows, indent=1))

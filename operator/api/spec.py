@@ -27,7 +27,7 @@ class Strategy(StrEnum):
     LEAST_LOADED = "least-loaded"
     WEIGHTED = "weighted"
     PREFIX_AFFINITY = "prefix-affinity"
-    PREFIX_SCORE = "prefix-score"  # llm-d-style scores: prefix match x 3, queue x 2, KV x 2
+    PREFIX_SCORE = "prefix-score"  # prefix share - 0.08 x load among two ring homes
 
 
 class Placement(StrEnum):
