@@ -499,12 +499,16 @@ async def all_gpus_taken(target: ChaosTarget) -> ChaosResult:
 
     def insufficient() -> dict[str, Any] | None:
         cond = condition(get_isvc(target.kube, target.namespace, target.name), "Degraded")
-        return cond if cond.get("reason") == "InsufficientGPU" else None
+        seen = cond.get("status") == "True" and cond.get("reason") == "InsufficientGPU"
+        return cond if seen else None
 
     async def fault() -> float:
         await asyncio.to_thread(take_free_gpus, target.kube, target.namespace)
         await asyncio.to_thread(target.apply, body)
         degraded.append(await target.until(insufficient, 60, "Degraded: InsufficientGPU"))
+        # Seen here; the GPUs come back at once, so the condition can clear
+        # before `watch_pods`' next poll: record it for the result too.
+        target.degraded.add("InsufficientGPU")
         await asyncio.to_thread(give_back_gpus, target.kube, target.namespace)
         return time.monotonic()
 
