@@ -68,23 +68,26 @@ def parse_vllm_metrics(text: str) -> WorkerLoad:
         if not line.startswith("vllm:"):
             continue
         if line.startswith(_WAITING):
-            value = _value(line)
-            if value is not None:
-                waiting = (waiting or 0.0) + value
+            waiting = _plus(waiting, line)
         elif line.startswith(_RUNNING):
-            value = _value(line)
-            if value is not None:
-                running = (running or 0.0) + value
+            running = _plus(running, line)
         elif line.startswith(_TOKENS):
-            value = _value(line)
-            if value is not None:
-                tokens = (tokens or 0.0) + value
+            tokens = _plus(tokens, line)
         elif line.startswith(_KV):
             value = _value(line)
             if value is not None:
                 kv = value if kv is None else max(kv, value)
     return WorkerLoad(int(waiting) if waiting is not None else None,
                       int(running) if running is not None else None, tokens, kv)
+
+
+def _plus(total: float | None, line: str) -> float | None:
+    """``total`` plus the sample on ``line`` (summed over engines); an
+    unreadable sample leaves it as it was."""
+    value = _value(line)
+    if value is None:
+        return total
+    return (total or 0.0) + value
 
 
 def _value(line: str) -> float | None:

@@ -16,7 +16,7 @@ import bisect
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from kubeinfer.operator.api.spec import Strategy
@@ -215,7 +215,7 @@ class PrefixAffinity:
         self._ring(candidates)
         by_name = {c.name: c for c in candidates}
         loads = {c.name: requests_on(c) for c in candidates}
-        bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
+        bound = self._bound(loads.values())
         out: list[C] = []
         seen: set[str] = set()
         looked = 0  # candidates met on the ring, under the bound or not
@@ -253,8 +253,13 @@ class PrefixAffinity:
     def under_bound(self, candidates: Sequence[C]) -> list[C]:
         """The candidates whose load is under ``load_factor`` x the mean."""
         loads = [requests_on(c) for c in candidates]
-        bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(candidates))
+        bound = self._bound(loads)
         return [c for c, load in zip(candidates, loads, strict=True) if load < bound]
+
+    def _bound(self, loads: Collection[int]) -> int:
+        """The load a candidate must stay under: ``load_factor`` x the mean,
+        counting the request being placed."""
+        return math.ceil(self.load_factor * (sum(loads) + 1) / len(loads))
 
     def _walk(self, key: int) -> Iterator[int]:
         size = len(self._points)
@@ -268,7 +273,7 @@ class PrefixAffinity:
         self._ring(candidates)
         by_name = {c.name: c for c in candidates}
         loads = {c.name: requests_on(c) for c in candidates}
-        bound = math.ceil(self.load_factor * (sum(loads.values()) + 1) / len(candidates))
+        bound = self._bound(loads.values())
         owners = self._owners
         seen: set[str] = set()
         members = len(self._ring_of)
