@@ -111,6 +111,12 @@ def render(snap: dict[str, Any]) -> bytes:
     name = out.family("in_flight", "gauge", "Attempts in flight per backend.")
     for b in backends:
         out.sample(name, [("backend", b["name"]), ("revision", b["revision"])], b["inFlight"])
+    name = out.family("prefill_pending_blocks", "gauge",
+                      "Prompt blocks (256 characters) sent to a backend without a first "
+                      "byte back yet, as prefix-score estimates them; 0 under other strategies.")
+    for b in backends:
+        out.sample(name, [("backend", b["name"]), ("revision", b["revision"])],
+                   b["prefillPending"])
 
     name = out.family("backend_healthy", "gauge",
                       "1 when the active health check passes.")

@@ -37,6 +37,11 @@ class Candidate(Protocol):
     def engine_running(self) -> int | None: ...
     @property
     def kv_usage(self) -> float | None: ...
+    @property
+    def prefill_pending(self) -> int:
+        """Prompt blocks this router sent to the worker that it has not
+        answered with a first byte yet: the prefill still ahead there, as
+        `PrefixScore.place` estimated it (0 under other strategies)."""
 
 
 C = TypeVar("C", bound=Candidate)
@@ -300,49 +305,51 @@ class PrefixAffinity:
 
 
 class PrefixScore:
-    """Scores prefix affinity against load among the key's two homes on the
-    hash ring (after llm-d's prefix-cache and queue scorers, with a measured
-    exchange rate between them instead of llm-d's normalised weights):
+    """Sends a prompt to whichever of its key's two homes on the hash ring
+    would start it soonest, counting what a cache miss costs (after llm-d's
+    prefix-cache and load scorers and Dynamo's KV router, in prompt blocks
+    instead of normalised weights):
 
     - homes: the first two workers on `PrefixAffinity`'s ring at the key
       (the table's names only), so every router replica, and a restarted
       one, keeps a prefix on the same two workers; when both are at the
       bound (``load_factor`` x the mean load, as in `PrefixAffinity`) the
       workers under the bound are scored;
-    - score = prefix - ``load_cost`` x load, where prefix is the share of
-      the prompt's leading blocks (``blocks``, chained hashes of
-      256-character blocks) that this router last sent to the worker, from
-      an LRU index per worker (llm-d's approximate prefix scorer; it cannot
-      see evictions and knows only its own routing), and load is
-      `requests_on` the worker. With the default `LOAD_COST` a worker that
-      holds the whole prompt keeps it until it has 12 more requests than the
-      other home, and one that holds a quarter of it until it has 3 more.
+    - cost = prefill_pending + ``miss_cost`` x uncached, in prompt blocks
+      (chained hashes of 256-character blocks, ``blocks``): the prefill
+      this router has sent there and not yet seen a first byte for
+      (`Candidate.prefill_pending`), plus the blocks of this prompt it
+      would have to prefill, those this router has not sent there before
+      (an LRU index per worker, llm-d's approximate prefix scorer: it cannot
+      see evictions and knows only its own routing). A missed block counts
+      ``miss_cost`` (2) times: once in this request's own wait, once in what
+      its prefill evicts from that worker's cache for later requests.
 
-    The highest score wins; a tie goes to the first home (ties among all
-    workers rotate). KV-cache usage is not scored: at and beyond saturation
-    every cache is full, and as a tie-breaker it would let two replicas
-    disagree on a new prefix. A prompt whose first block this router has not
-    sent anywhere yet is placed by `first_sight` instead: a home at or below
-    the mean load, else the least loaded worker (unique prompts balance as
-    with `LeastLoaded`). Why two homes and not every worker (llm-d's way),
-    and why this exchange rate, is measured in
-    docs/benchmarks.md#routing-quality: with every worker scored, two router
-    replicas learn different placements and a prefix ends up everywhere;
-    with llm-d's weights (prefix x 3 against a queue score normalised over
-    the two homes, x 2) a one-request difference moved a prompt off the
-    worker that held it, every group of prompts ended up cached on both of
-    its homes, and the caches thrashed.
+    The lowest cost wins, then the fewer `requests_on` the worker, then the
+    first home (ties among all workers rotate). KV-cache usage is not
+    scored: at and beyond saturation every cache is full, and as a
+    tie-breaker it would let two replicas disagree on a new prefix. A prompt
+    whose first block this router has not sent anywhere yet is placed by
+    `first_sight` instead: a home at or below the mean load, else the least
+    loaded worker (unique prompts balance as with `LeastLoaded`). Why two
+    homes and not every worker (llm-d's way), and why this cost, is measured
+    in docs/benchmarks.md#routing-quality: with every worker scored, two
+    router replicas learn different placements and a prefix ends up
+    everywhere; a fixed exchange rate between prefix share and request
+    count had to be stickier beyond saturation than just at it, while the
+    prefill ahead grows with the load by itself.
     """
 
-    # Score points per request on a worker (the prefix term is 0..1): from
-    # bench/routing/run.py, 0.04-0.15 all beat llm-d's weights, 0.08 best.
-    LOAD_COST = 0.08
+    # Cost of a prompt block the worker must prefill, against one block of
+    # prefill already waiting there: from bench/routing/run.py, 2 beat 1
+    # (too eager to move, every prompt cached on both homes), 1.5 and 3.
+    MISS_COST = 2.0
     LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
     HOMES = 2
 
-    def __init__(self, load_factor: float = 2.0, load_cost: float = LOAD_COST,
+    def __init__(self, load_factor: float = 2.0, miss_cost: float = MISS_COST,
                  capacity: int = LRU_BLOCKS_PER_WORKER) -> None:
-        self.load_cost = load_cost
+        self.miss_cost = miss_cost
         self.capacity = capacity
         self._ring = PrefixAffinity(load_factor)
         self._index: dict[str, OrderedDict[int, None]] = {}
@@ -401,19 +408,24 @@ class PrefixScore:
         return best
 
     def choose(self, candidates: Sequence[C], key: int | None, blocks: Sequence[int] = ()) -> C:
+        return self.place(candidates, key, blocks)[0]
+
+    def place(self, candidates: Sequence[C], key: int | None,
+              blocks: Sequence[int] = ()) -> tuple[C, int]:
+        """The worker for a prompt (remembered in the index) and how many of
+        its ``blocks`` that worker is expected to prefill."""
         if key is None and blocks:
             key = blocks[0]
         if key is not None and len(candidates) > 1 and blocks and not self.known(blocks):
             best = self.first_sight(key, candidates)
             self._remember(best.name, blocks)
-            return best
+            return best, len(blocks)
         homes = self.homes(key, candidates) if key is not None and len(candidates) > 1 else []
         # Both homes at the bound: the others under it (a hot prefix spreads
         # instead of piling on the homes that hold it), else everyone.
         scored = homes or (self._ring.under_bound(candidates) if key is not None else []) \
             or candidates
         n = len(scored)
-        cost = self.load_cost
         if homes:
             # Ties go to the first home, so that replicas that have not seen
             # a prefix yet (or see equal loads) agree on one worker.
@@ -421,18 +433,17 @@ class PrefixScore:
         else:
             start = self._start % n
             self._start = start + 1
-        best = scored[start]
-        best_score = -math.inf
+        best, best_missed = scored[start], len(blocks)
+        best_cost: tuple[float, int] | None = None
         for i in range(n):
             c = scored[(start + i) % n]
-            score = -cost * requests_on(c)
-            if blocks:
-                score += self.matched(c.name, blocks) / len(blocks)
-            if score > best_score:
-                best, best_score = c, score
+            missed = len(blocks) - self.matched(c.name, blocks)
+            cost = (c.prefill_pending + self.miss_cost * missed, requests_on(c))
+            if best_cost is None or cost < best_cost:
+                best, best_missed, best_cost = c, missed, cost
         if blocks:
             self._remember(best.name, blocks)
-        return best
+        return best, best_missed
 
     def _remember(self, name: str, blocks: Sequence[int]) -> None:
         seen = self._index.setdefault(name, OrderedDict())

@@ -94,6 +94,10 @@ class BackendState:
         self.probation = False
         self.consecutive_failures = 0
         self.in_flight = 0
+        # Prompt blocks of this router's attempts here that have no first
+        # byte back yet, by attempt, and their sum (`Candidate.prefill_pending`).
+        self.prefill: dict[int, int] = {}
+        self.prefill_pending = 0
         self.queue_depth: int | None = None  # vllm:num_requests_waiting, last scraped
         self.engine_running: int | None = None  # vllm:num_requests_running, last scraped
         self.kv_usage: float | None = None  # vllm:kv_cache_usage_perc, last scraped
@@ -109,6 +113,15 @@ class BackendState:
         self.gpu: dict[str, Any] | None = None
         self.conns = UpstreamPool(self.host, self.port, idle_timeout=idle_timeout,
                                   tls=self.url.startswith("https://"))
+
+    def reserve_prefill(self, owner: int, blocks: int) -> None:
+        """Attempt ``owner`` sent a prompt here that needs ``blocks`` of prefill."""
+        self.prefill[owner] = blocks
+        self.prefill_pending += blocks
+
+    def prefill_done(self, owner: int) -> None:
+        """Attempt ``owner`` got its first byte, or ended: its prefill is not ahead any more."""
+        self.prefill_pending -= self.prefill.pop(owner, 0)
 
     def update(self, spec: Backend) -> None:
         """Take the table's new settings for the same worker."""
@@ -170,14 +183,15 @@ class BackendState:
 
 
 class _Waiter:
-    __slots__ = ("blocks", "exclude", "fut", "key")
+    __slots__ = ("blocks", "exclude", "fut", "key", "owner")
 
     def __init__(self, fut: asyncio.Future[BackendState], key: int | None,
-                 exclude: Collection[str], blocks: Sequence[int]) -> None:
+                 exclude: Collection[str], blocks: Sequence[int], owner: int | None) -> None:
         self.fut = fut
         self.key = key
         self.exclude = exclude
         self.blocks = blocks
+        self.owner = owner
 
 
 class _Group:
@@ -268,8 +282,11 @@ class Pool:
     # -- choosing -------------------------------------------------------------
 
     def pick(self, key: int | None, exclude: Collection[str] = (),
-             blocks: Sequence[int] = ()) -> tuple[BackendState | None, bool]:
-        """Choose a backend for one attempt and reserve its slot.
+             blocks: Sequence[int] = (), owner: int | None = None
+             ) -> tuple[BackendState | None, bool]:
+        """Choose a backend for one attempt and reserve its slot (and, under
+        prefix-score, the prefill it is expected to need there, for attempt
+        ``owner``: `release` with the same owner frees both).
 
         Returns ``(backend, False)`` on success, ``(None, True)`` when healthy
         backends exist but all are at their max concurrency (wait for a
@@ -300,13 +317,22 @@ class Pool:
             free = [b for b in available[rev]
                     if b.max_concurrency is None or b.in_flight < b.max_concurrency]
             if free:
-                b = self._groups[rev].policy.choose(free, key, blocks)
+                policy = self._groups[rev].policy
+                if isinstance(policy, PrefixScore):
+                    b, prefill = policy.place(free, key, blocks)
+                    if owner is not None and prefill:
+                        b.reserve_prefill(owner, prefill)
+                else:
+                    b = policy.choose(free, key, blocks)
                 b.in_flight += 1
                 return b, False
         return None, True
 
-    def release(self, backend: BackendState) -> None:
-        """An attempt on ``backend`` ended: free its slot for a waiting request."""
+    def release(self, backend: BackendState, owner: int | None = None) -> None:
+        """An attempt on ``backend`` ended: free its slot for a waiting
+        request (and attempt ``owner``'s prefill, if it is still counted)."""
+        if owner is not None:
+            backend.prefill_done(owner)
         backend.in_flight -= 1
         if self._queue:
             self.dispatch()
@@ -318,7 +344,8 @@ class Pool:
         return len(self._queue)
 
     async def wait_for_slot(self, key: int | None, exclude: Collection[str],
-                            wait_seconds: float, blocks: Sequence[int] = ()) -> BackendState:
+                            wait_seconds: float, blocks: Sequence[int] = (),
+                            owner: int | None = None) -> BackendState:
         """Wait in the FIFO for a free slot; the returned backend's slot is reserved.
 
         Raises `QueueFullError`, `QueueTimeoutError`, or `NoBackendError` (every backend
@@ -327,7 +354,7 @@ class Pool:
         if len(self._queue) >= self.queue_size:
             raise QueueFullError
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), key, exclude, blocks)
+        waiter = _Waiter(loop.create_future(), key, exclude, blocks, owner)
         self._queue.append(waiter)
         timer = loop.call_later(wait_seconds, self._expire, waiter)
         try:
@@ -335,7 +362,7 @@ class Pool:
         except asyncio.CancelledError:
             if waiter.fut.done() and not waiter.fut.cancelled() and waiter.fut.exception() is None:
                 # Placed and cancelled in the same tick: give the slot back.
-                self.release(waiter.fut.result())
+                self.release(waiter.fut.result(), owner)
             raise
         finally:
             timer.cancel()
@@ -358,7 +385,7 @@ class Pool:
             if w.fut.done():
                 queue.popleft()
                 continue
-            backend, full = self.pick(w.key, w.exclude, w.blocks)
+            backend, full = self.pick(w.key, w.exclude, w.blocks, w.owner)
             if backend is not None:
                 queue.popleft()
                 w.fut.set_result(backend)
@@ -428,6 +455,7 @@ class Pool:
                     "draining": b.draining,
                     "ejected": b.ejected(now),
                     "inFlight": b.in_flight,
+                    "prefillPending": b.prefill_pending,
                     "queueDepth": b.queue_depth,
                     "stats": b.stats.snapshot(),
                     "window": b.window.snapshot(now),

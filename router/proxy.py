@@ -13,6 +13,7 @@ while clients see no error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -106,7 +107,7 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
     failure: Failure | None = None
     try:
         while True:
-            b, full = pool.pick(key, tried, blocks)
+            b, full = pool.pick(key, tried, blocks, id(ctx))
             if b is None and full:
                 if pool.queue_length >= pool.queue_size:
                     _too_busy(conn, ctx, "All backends are busy and the wait queue is full.")
@@ -114,7 +115,7 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
                 waited = time.monotonic()
                 try:
                     b = await pool.wait_for_slot(key, tried, table.queue_timeout_seconds,
-                                                 blocks)
+                                                 blocks, id(ctx))
                 except QueueFullError:
                     _too_busy(conn, ctx, "All backends are busy and the wait queue is full.")
                     return
@@ -130,7 +131,7 @@ async def proxy_inference(r: Router, conn: ClientConnection, req: Request, inf: 
                 # No worker at all (scaled to zero, or all starting): hold the
                 # request for one instead of failing it; the operator sees the
                 # queue and scales up.
-                b = await _hold(pool, key, tried, ctx, conn, table)
+                b = await _hold(pool, key, blocks, tried, ctx, conn, table)
                 if b is None:
                     return
             if b is None:
@@ -190,8 +191,8 @@ def _too_busy(conn: ClientConnection, ctx: Ctx, message: str,
 HOLD_RETRY_AFTER_SECONDS = 10
 
 
-async def _hold(pool: Pool, key: int | None, tried: list[str], ctx: Ctx,
-                conn: ClientConnection, table: RoutingTable) -> BackendState | None:
+async def _hold(pool: Pool, key: int | None, blocks: tuple[int, ...], tried: list[str],
+                ctx: Ctx, conn: ClientConnection, table: RoutingTable) -> BackendState | None:
     """Wait up to ``table.hold_seconds`` for a worker; None when the client got a 429."""
     if pool.queue_length >= pool.queue_size:
         _too_busy(conn, ctx, "No worker is ready and the wait queue is full.",
@@ -199,7 +200,7 @@ async def _hold(pool: Pool, key: int | None, tried: list[str], ctx: Ctx,
         return None
     waited = time.monotonic()
     try:
-        return await pool.wait_for_slot(key, tried, table.hold_seconds)
+        return await pool.wait_for_slot(key, tried, table.hold_seconds, blocks, id(ctx))
     except QueueFullError:
         _too_busy(conn, ctx, "No worker is ready and the wait queue is full.",
                   HOLD_RETRY_AFTER_SECONDS)
@@ -233,6 +234,12 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
         try:
             ex = await b.conns.send(head, body, stream_mode=inf.stream,
                                     connect_timeout=table.connect_timeout_seconds, loop=r.loop)
+            if id(ctx) in b.prefill:
+                # Its prefill is behind it once the first byte is (prefix-score's load).
+                if ex.first_body_at is not None:
+                    b.prefill_done(id(ctx))
+                else:
+                    ex.on_first_body = functools.partial(b.prefill_done, id(ctx))
             if inf.stream and ex.status == 200:
                 await _stream(r, conn, b, ex, ctx, t0)
                 return None
@@ -271,7 +278,7 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
         raise
     finally:
         b.running.pop(id(ctx), None)
-        r.pool.release(b)
+        r.pool.release(b, id(ctx))
         if ex is not None and not ex.complete:
             ex.abandon()
 

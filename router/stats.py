@@ -227,6 +227,7 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
             have["healthy"] = have["healthy"] and b["healthy"]
             have["ejected"] = have["ejected"] or b["ejected"]
             have["inFlight"] += b["inFlight"]
+            have["prefillPending"] += b["prefillPending"]
             if have["queueDepth"] is None:
                 have["queueDepth"] = b["queueDepth"]
             _add_stats(have["stats"], b["stats"])

@@ -66,6 +66,7 @@ class Exchange:
         "first_body_at",
         "headers",
         "headers_at",
+        "on_first_body",
         "pool",
         "sink",
         "started",
@@ -90,6 +91,7 @@ class Exchange:
         self.started = time.monotonic()
         self.headers_at: float | None = None
         self.first_body_at: float | None = None
+        self.on_first_body: Callable[[], None] | None = None
         self._fut: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] | None = None
 
@@ -108,6 +110,10 @@ class Exchange:
         self.pool.last_progress = now
         if self.first_body_at is None:
             self.first_body_at = now
+            first = self.on_first_body
+            if first is not None:
+                self.on_first_body = None
+                first()
         tail = self._tail
         if b"abort" in data or (tail and b"abort" in tail + data[:_TAIL]):
             probe = tail + data

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from kubeinfer.localcluster.ports import free_port
 from kubeinfer.localcluster.waiting import async_wait_for
+from prometheus_client.parser import text_string_to_metric_families
 from routerhelpers import HOST
 
 WORKERS = 4
@@ -122,3 +123,57 @@ async def test_cache_aware_routing_hits_the_cache_far_more_than_round_robin(
     for (strategy, routers), rate in rates.items():
         assert rate > 2 * rr, (strategy, routers, rate, rr)
         assert rate > 0.5, (strategy, routers, rate, rr)
+
+
+async def router_gauges(session: aiohttp.ClientSession, router: str) -> dict[str, float]:
+    async with session.get(router + "/metrics") as r:
+        text = await r.text()
+    return {f.name: f.samples[0].value for f in text_string_to_metric_families(text)
+            if f.name in ("kubeinfer_router_prefill_pending_blocks", "kubeinfer_router_in_flight")}
+
+
+async def test_prefix_score_counts_a_prompts_prefill_until_its_first_token(
+    processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """The prefill prefix-score sees ahead on a worker is the prompt's blocks
+    from the moment it is sent until the worker's first token (3 s of
+    prefill here), not while the answer streams or after it."""
+    slow = {"ttftMs": 0, "prefillUsPerToken": 3000, "prefillSerial": True, "tpotMs": 300,
+            "maxNumSeqs": 8, "kvCacheBlocks": 400, "kvBlockSize": 16}
+    port = free_port()
+    spawn(processes, "kubeinfer.worker.simulated", "--model-spec", json.dumps(MODEL),
+          "--simulator-spec", json.dumps(slow), "--host", HOST, "--port", str(port))
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({
+        "service": "svc", "model": "tiny", "strategy": "prefix-score",
+        "backends": [{"name": "w0", "url": f"http://{HOST}:{port}", "revision": "r1"}],
+    }))
+    router = f"http://{HOST}:{free_port()}"
+    spawn(processes, "kubeinfer.router.main", "--config", str(routes), "--host", HOST,
+          "--port", router.rsplit(":", 1)[1])
+    body = {"model": "tiny", "max_tokens": 8, "stream": True, "messages": [
+        {"role": "system", "content": "s" * 4000}, {"role": "user", "content": "q"}]}
+    async with aiohttp.ClientSession() as session:
+        await until_ok(session, f"http://{HOST}:{port}/health")
+        await until_ok(session, router + "/readyz")
+        idle = await router_gauges(session, router)
+        assert idle["kubeinfer_router_prefill_pending_blocks"] == 0, idle
+        async with session.post(router + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            # The router answers with its head at once; the prefill is ahead.
+            during = await router_gauges(session, router)
+            assert during["kubeinfer_router_prefill_pending_blocks"] >= 4000 // 256, during
+            first = await r.content.readline()
+            assert first.startswith(b"data: "), first
+            streaming = await router_gauges(session, router)
+            assert streaming == {"kubeinfer_router_prefill_pending_blocks": 0,
+                                 "kubeinfer_router_in_flight": 1}, streaming
+            rest = await r.read()
+            assert rest.rstrip().endswith(b"data: [DONE]")
+        plain = {**body, "stream": False,
+                 "messages": [*body["messages"], {"role": "user", "content": "more " * 80}]}
+        async with session.post(router + "/v1/chat/completions", json=plain) as r:
+            assert r.status == 200, await r.text()
+        after = await router_gauges(session, router)
+        assert after == {"kubeinfer_router_prefill_pending_blocks": 0,
+                         "kubeinfer_router_in_flight": 0}, after

@@ -5,11 +5,13 @@ over real `Pool` objects (what one router process holds)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from kubeinfer.localcluster.waiting import async_wait_for
 from kubeinfer.operator.api.routing import RoutingTable
 from kubeinfer.router.policies import (
     KV_FULL,
@@ -32,17 +34,19 @@ class B:
     queue_depth: int | None = None
     engine_running: int | None = None
     kv_usage: float | None = None
+    prefill_pending: int = 0
 
 
-def table(names: list[str], generation: int = 1) -> RoutingTable:
+def table(names: list[str], generation: int = 1, strategy: str = "prefix-affinity",
+          **backend: Any) -> RoutingTable:
     return RoutingTable.model_validate(
         {
             "service": "svc",
             "model": "m",
-            "strategy": "prefix-affinity",
+            "strategy": strategy,
             "generation": generation,
             "backends": [
-                {"name": n, "url": f"http://127.0.0.1:{9000 + i}", "revision": "r1"}
+                {"name": n, "url": f"http://127.0.0.1:{9000 + i}", "revision": "r1", **backend}
                 for i, n in enumerate(names)
             ],
         }
@@ -204,10 +208,10 @@ def test_keys_spread_evenly_over_the_ring() -> None:
     assert min(counts.values()) > len(KEYS) / 8 * 0.5
 
 
-# prefix-score (prefix share - LOAD_COST x load among a key's two ring
-# homes; LOAD_COST is 0.08): rows of (backends, what this router last sent
-# where: {name: blocks}, request blocks, expected choice). Two backends: both
-# are the key's homes.
+# prefix-score (cost = prefill pending + MISS_COST x blocks to prefill,
+# among a key's two ring homes; MISS_COST is 2): rows of (backends, what
+# this router last sent where: {name: blocks}, request blocks, expected
+# choice). Two backends: both are the key's homes.
 P = (11, 12, 13, 14)
 SCORES = [
     # Equal load: the worker holding the whole prefix.
@@ -216,15 +220,19 @@ SCORES = [
     ([B("a"), B("b")], {"a": P[:1], "b": P[:3]}, P, "b"),
     # Blocks after a mismatch do not count: one leading block beats three later ones.
     ([B("a"), B("b")], {"a": (99, *P[1:]), "b": P[:1]}, P, "b"),
-    # Equal prefix: fewer requests on it (in flight, or the engine's running + waiting).
+    # Equal cost: fewer requests on it (in flight, or the engine's running + waiting).
     ([B("a", in_flight=2), B("b", queue_depth=1)], {"a": P[:2], "b": P[:2]}, P, "b"),
     ([B("a", in_flight=2), B("b", engine_running=3)], {"a": P[:2], "b": P[:2]}, P, "a"),
-    # A quarter of the prompt (0.25) is worth 3 requests (0.24) but not 4 (0.32).
-    ([B("a", in_flight=9), B("b", in_flight=6)], {"a": P[:1]}, P, "a"),
-    ([B("a", in_flight=10), B("b", in_flight=6)], {"a": P[:1]}, P, "b"),
-    # The whole prompt is worth 12 requests (0.96), not 13 (1.04).
-    ([B("a", in_flight=32), B("b", in_flight=20)], {"a": P}, P, "a"),
-    ([B("a", in_flight=33), B("b", in_flight=20)], {"a": P}, P, "b"),
+    # One block cached (3 to prefill, cost 6) is worth up to 1 block of
+    # prefill waiting there against the other home's 8; not 3.
+    ([B("a", prefill_pending=1), B("b")], {"a": P[:1]}, P, "a"),
+    ([B("a", prefill_pending=3), B("b")], {"a": P[:1]}, P, "b"),
+    # The whole prompt cached is worth 7 blocks of prefill waiting, not 9
+    # (the other home would prefill 4 blocks, cost 8).
+    ([B("a", prefill_pending=7), B("b")], {"a": P}, P, "a"),
+    ([B("a", prefill_pending=9), B("b")], {"a": P}, P, "b"),
+    # It is the prefill ahead that counts, not the requests decoding there.
+    ([B("a", in_flight=3), B("b", in_flight=1)], {"a": P}, P, "a"),
     # KV-cache usage is not scored (every cache is full at saturation).
     ([B("a", kv_usage=0.99), B("b", kv_usage=0.1)], {"a": P}, P, "a"),
     # At the load bound (1.25 x mean) a worker is out, whatever it holds.
@@ -233,7 +241,7 @@ SCORES = [
 
 
 @pytest.mark.parametrize(("backends", "sent", "blocks", "expected"), SCORES)
-def test_prefix_score_weighs_prefix_against_load(
+def test_prefix_score_weighs_prefix_against_prefill_ahead(
     backends: list[B], sent: dict[str, tuple[int, ...]], blocks: tuple[int, ...], expected: str,
 ) -> None:
     for start in range(len(backends)):  # whatever the tie rotation's starting point
@@ -366,3 +374,59 @@ def test_prefix_score_balances_unique_prompts_like_least_loaded() -> None:
         if i % 3 == 2:  # some finish, on a fixed worker
             done = backends[i % 8]
             done.in_flight = max(done.in_flight - 1, 0)
+
+
+def test_pool_counts_an_attempts_prefill_until_its_first_byte_or_its_end() -> None:
+    """What `Pool.pick` reserves for an attempt under prefix-score is the
+    prefill that worker still has to do for it: the whole prompt when this
+    router never sent it, only the new blocks after; freed once by
+    `prefill_done` (first byte) and not again by `release`."""
+    pool = Pool()
+    pool.apply(table(["w0", "w1", "w2"], strategy="prefix-score"))
+    prompt = tuple(stable_hash(f"block-{i}".encode()) for i in range(8))
+    first, _ = pool.pick(None, (), prompt, owner=1)
+    assert first is not None
+    assert first.prefill_pending == 8
+    assert first.prefill == {1: 8}
+    longer = (*prompt, stable_hash(b"turn-2"), stable_hash(b"turn-2b"))
+    second, _ = pool.pick(None, (), longer, owner=2)  # its 8 blocks are ahead there: 8 + 2 x 2
+    assert second is first  # against 0 + 2 x 10 on the other home
+    assert first.prefill_pending == 10
+    assert first.prefill == {1: 8, 2: 2}
+    first.prefill_done(1)
+    assert first.prefill_pending == 2
+    pool.release(first, 1)  # its first byte came already: nothing more to free
+    pool.release(first, 2)
+    assert first.prefill_pending == 0
+    assert first.prefill == {}
+    assert first.in_flight == 0
+    other, _ = pool.pick(None, (), longer)  # no owner (nobody to free it): nothing counted
+    assert other is first
+    assert first.prefill_pending == 0
+    pool.release(first)
+
+
+async def test_a_queued_attempt_reserves_its_prefill_when_placed() -> None:
+    pool = Pool()
+    pool.apply(table(["w0"], strategy="prefix-score", maxConcurrency=1))
+    prompt = tuple(stable_hash(f"q-{i}".encode()) for i in range(5))
+    busy, full = pool.pick(None, (), prompt, owner=1)
+    assert busy is not None
+    assert not full
+    assert busy.prefill == {1: 5}
+    longer = (*prompt, stable_hash(b"q-5"), stable_hash(b"q-6"))
+    waiting = asyncio.ensure_future(pool.wait_for_slot(None, (), 5.0, longer, owner=2))
+
+    async def queued() -> bool:
+        return pool.queue_length == 1
+
+    await async_wait_for(queued, 5.0, what="the attempt to queue")
+    assert busy.prefill == {1: 5}  # nothing reserved while it waits
+    pool.release(busy, 1)
+    placed = await waiting
+    assert placed is busy
+    assert placed.prefill == {2: 2}
+    assert placed.prefill_pending == 2
+    pool.release(placed, 2)
+    assert placed.prefill_pending == 0
+    assert placed.in_flight == 0

@@ -27,6 +27,7 @@ class B:
     queue_depth: int | None = None
     engine_running: int | None = None
     kv_usage: float | None = None
+    prefill_pending: int = 0
 
 
 def names(n: int) -> list[B]:
