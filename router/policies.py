@@ -341,8 +341,10 @@ class PrefixScore:
     """
 
     # Cost of a prompt block the worker must prefill, against one block of
-    # prefill already waiting there: from bench/routing/run.py, 2 beat 1
-    # (too eager to move, every prompt cached on both homes), 1.5 and 3.
+    # prefill already waiting there. Measured with bench/routing/run.py
+    # (docs/benchmarks.md, fourth session): 2 is best beyond saturation;
+    # 1.5 and 3 are as good just at it but worse beyond; 1 (too eager to
+    # move a prompt off the worker holding it) and 4 are worse at both.
     MISS_COST = 2.0
     LRU_BLOCKS_PER_WORKER = 31_250  # llm-d's lruCapacityPerServer
     HOMES = 2
