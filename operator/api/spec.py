@@ -27,7 +27,7 @@ class Strategy(StrEnum):
     LEAST_LOADED = "least-loaded"
     WEIGHTED = "weighted"
     PREFIX_AFFINITY = "prefix-affinity"
-    PREFIX_SCORE = "prefix-score"  # prefix share - 0.08 x load among two ring homes
+    PREFIX_SCORE = "prefix-score"  # the ring home that would start the prompt soonest
 
 
 class Placement(StrEnum):
