@@ -325,8 +325,11 @@ class PrefixScore:
       ``miss_cost`` (2) times: once in this request's own wait, once in what
       its prefill evicts from that worker's cache for later requests.
 
-    The lowest cost wins, then the fewer `requests_on` the worker, then the
-    first home (ties among all workers rotate). KV-cache usage is not
+    The lowest cost wins; a tie goes to the first home (ties among all
+    workers rotate), whatever the homes' request counts: breaking ties by
+    `requests_on` moved conversations between two homes that both held
+    them and cost 0.03x round-robin's TTFT p90 beyond saturation
+    (docs/benchmarks.md). KV-cache usage is not
     scored: at and beyond saturation every cache is full, and as a
     tie-breaker it would let two replicas disagree on a new prefix. A prompt
     whose first block this router has not sent anywhere yet is placed by
@@ -435,13 +438,12 @@ class PrefixScore:
         else:
             start = self._start % n
             self._start = start + 1
-        best, best_missed = scored[start], len(blocks)
-        best_cost: tuple[float, int] | None = None
+        best, best_missed, best_cost = scored[start], len(blocks), math.inf
         for i in range(n):
             c = scored[(start + i) % n]
             missed = len(blocks) - self.matched(c.name, blocks)
-            cost = (c.prefill_pending + self.miss_cost * missed, requests_on(c))
-            if best_cost is None or cost < best_cost:
+            cost = c.prefill_pending + self.miss_cost * missed
+            if cost < best_cost:
                 best, best_missed, best_cost = c, missed, cost
         if blocks:
             self._remember(best.name, blocks)
