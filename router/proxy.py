@@ -236,10 +236,7 @@ async def _attempt(r: Router, conn: ClientConnection, req: Request, inf: Inferen
                                     connect_timeout=table.connect_timeout_seconds, loop=r.loop)
             if id(ctx) in b.prefill:
                 # Its prefill is behind it once the first byte is (prefix-score's load).
-                if ex.first_body_at is not None:
-                    b.prefill_done(id(ctx))
-                else:
-                    ex.on_first_body = functools.partial(b.prefill_done, id(ctx))
+                ex.after_first_body(functools.partial(b.prefill_done, id(ctx)))
             if inf.stream and ex.status == 200:
                 await _stream(r, conn, b, ex, ctx, t0)
                 return None

@@ -95,6 +95,13 @@ class Exchange:
         self._fut: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] | None = None
 
+    def after_first_body(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the first body byte has arrived: now if it has."""
+        if self.first_body_at is not None:
+            callback()
+        else:
+            self.on_first_body = callback
+
     # -- parser events --------------------------------------------------------
 
     def on_headers(self, status: int) -> None:
