@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import kopf
 from kubeinfer.operator.api import constants as c
+from kubeinfer.operator.events import COMPONENT
 from kubeinfer.operator.kube import KubeClient
 from kubeinfer.operator.metrics import EVENTS, RECONCILE_SECONDS, RECONCILES
 from kubeinfer.operator.observe import NodeInfo, PodInfo, observe_node, observe_pod
@@ -57,6 +58,7 @@ async def on_operator_startup(*, settings: kopf.OperatorSettings, memo: Any, **_
         images=options.images,
         resync_seconds=options.resync_seconds,
         fleet=options.fleet,
+        identity=options.identity or COMPONENT,
     )
 
 

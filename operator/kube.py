@@ -21,6 +21,7 @@ FIELD_MANAGER = "kubeinfer-operator"
 _PATHS = {
     "Pod": ("/api/v1", "pods"),
     "ConfigMap": ("/api/v1", "configmaps"),
+    "Event": ("/api/v1", "events"),
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Deployment": ("/apis/apps/v1", "deployments"),

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import aiohttp
+from kubeinfer.operator.events import event_body
 from kubeinfer.operator.kube import ApiError, ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.lease import (
     JITTER_FACTOR,
@@ -39,6 +40,7 @@ from kubeinfer.operator.lease import (
     still_leading,
 )
 from kubeinfer.operator.metrics import LEADER
+from kubeinfer.operator.plan import Event
 
 logger = logging.getLogger(__name__)
 
@@ -186,27 +188,15 @@ class LeaderElector:
         await self._post_event("LeaderElection", message)
 
     async def _post_event(self, reason: str, message: str) -> None:
-        now = format_micro_time(datetime.now(UTC))
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
-            "involvedObject": {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "name": self.name,
-                "namespace": self.namespace,
-            },
-            "reason": reason,
-            "message": message,
-            "type": "Normal",
-            "source": {"component": "kubeinfer-operator"},
-            "reportingComponent": "kubeinfer-operator",
-            "reportingInstance": self.identity,
-            "firstTimestamp": now.split(".")[0] + "Z",
-            "lastTimestamp": now.split(".")[0] + "Z",
-            "count": 1,
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "name": self.name,
+            "namespace": self.namespace,
         }
+        event = event_body(
+            lease, Event("Normal", reason, message), instance=self.identity, now=datetime.now(UTC)
+        )
         try:
             await self.kube.request(
                 "POST", f"/api/v1/namespaces/{self.namespace}/events", body=event

@@ -63,6 +63,10 @@ class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+    # Set on rollout transitions (and Created): names the transition, so
+    # its Event is posted exactly once whichever leader makes it
+    # (kubeinfer.operator.events).
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -395,7 +399,7 @@ def plan_reconcile(
     command = isvc.metadata.annotations.get(ANNOTATION_ROLLOUT)
     if status.stable_revision is None:
         message = start(status, revision, template, obs.now)
-        plan.events.append(Event("Normal", "Created", message))
+        plan.events.append(Event("Normal", "Created", message, key="Created"))
     verdict = _verdict(isvc, status, obs)
     canary = obs.stats.revision(status.canary_revision) if obs.stats else None
     world = World(
@@ -411,7 +415,12 @@ def plan_reconcile(
     if trigger is not None:
         transition = apply_transition(status, trigger, world, template)
         plan.events.append(
-            Event(transition.event_type, transition.trigger.value, transition.message)
+            Event(
+                transition.event_type,
+                transition.trigger.value,
+                transition.message,
+                key=transition.key,
+            )
         )
         plan.busy()
     elif verdict is not None:

@@ -45,6 +45,7 @@ from kubeinfer.operator.builders.router import (
 from kubeinfer.operator.builders.routing import build_routes_configmap, build_routing_table
 from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
+from kubeinfer.operator.events import COMPONENT, involved, post_once
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.metrics import FleetCollector
 from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
@@ -101,6 +102,8 @@ class OperatorContext:
     # When each service's routers were last asked for their workers' GPU
     # reports (the inventory in status; see GPU_REFRESH_SECONDS).
     gpu_read_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    # reportingInstance of the Events posted here (leader election's identity).
+    identity: str = COMPONENT
 
 
 def _digest(obj: dict[str, Any]) -> str:
@@ -367,13 +370,18 @@ async def reconcile(
     await _apply_router(ctx, isvc)
     await _publish_table(ctx, isvc, plan)
     await _act_on_pods(ctx, isvc, plan, now)
-    await _write_status(ctx, isvc, plan.status)
-    ctx.fleet.record(isvc.metadata.namespace, isvc.metadata.name, isvc.spec.replicas, plan.status)
+    meta = isvc.metadata
+    # Transitions' Events before the status that records them: see events.py.
     for event in plan.events:
-        logger.info(
-            "%s/%s %s: %s", isvc.metadata.namespace, isvc.metadata.name, event.reason, event.message
-        )
-        emit(body, event)
+        if event.key is not None:
+            logger.info("%s/%s %s: %s", meta.namespace, meta.name, event.reason, event.message)
+            await post_once(ctx.kube, involved(meta), meta, event, instance=ctx.identity)
+    await _write_status(ctx, isvc, plan.status)
+    ctx.fleet.record(meta.namespace, meta.name, isvc.spec.replicas, plan.status)
+    for event in plan.events:
+        if event.key is None:
+            logger.info("%s/%s %s: %s", meta.namespace, meta.name, event.reason, event.message)
+            emit(body, event)
     if plan.clear_command:
         patch = {"metadata": {"annotations": {c.ANNOTATION_ROLLOUT: None}}}
         await ctx.kube.merge_patch(c.KIND, isvc.metadata.namespace, isvc.metadata.name, patch)

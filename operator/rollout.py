@@ -226,6 +226,12 @@ class Transition:
     after: RolloutPhase
     event_type: str  # Normal or Warning
     message: str
+    number: int  # of this transition, counted from 0 per InferenceService
+
+    @property
+    def key(self) -> str:
+        """Names this transition once (its Event's name derives from it)."""
+        return f"{self.number}-{self.trigger.value}"
 
 
 def _record(
@@ -330,7 +336,9 @@ def apply_transition(
     ro.phase = after
     ro.step_started_at = now
     ro.message = message
-    return Transition(trigger, before, after, event_type, message)
+    number = ro.transitions
+    ro.transitions += 1
+    return Transition(trigger, before, after, event_type, message, number)
 
 
 def start(

@@ -106,6 +106,13 @@ class RolloutStatus(ApiModel):
         int, Field(description="Canary errors counted before this step started.")
     ] = 0
     message: Annotated[str, Field(description="What the rollout is doing or waiting for.")] = ""
+    transitions: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Rollout transitions so far; each one's Event is named after its number.",
+        ),
+    ] = 0
 
 
 class RevisionRecord(ApiModel):

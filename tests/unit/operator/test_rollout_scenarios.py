@@ -262,3 +262,37 @@ def test_commands_apply_only_where_the_table_has_them() -> None:
         world.annotations["kubeinfer.io/rollout"] = command
         world.reconcile()
         assert phase(world) is P.IDLE, command
+
+
+def test_each_transition_has_its_own_key_and_a_repeat_from_a_stale_status_the_same() -> None:
+    world = SimWorld(base_spec())
+    world.settle()
+    canary = new_model(world, "org/broken-7b")
+    world.reconcile()
+    world.make_ready()
+    world.reconcile()
+    world.serve(canary, 20, errors=10)
+    # The leader decides the rollback; killed before its status write, its
+    # successor plans from the status before it: the same transition, and
+    # the same key (the Event's name, kubeinfer.operator.events).
+    before = dict(world.status)
+    decided = world.reconcile()
+    world.status = before
+    repeated = world.reconcile()
+    keyed = [(e.reason, e.key) for e in decided.events if e.key is not None]
+    assert keyed == [("StepFailed", "2-StepFailed")]
+    assert [(e.reason, e.key) for e in repeated.events if e.key is not None] == keyed
+    world.settle(serve=False)
+    assert phase(world) is P.FAILED
+    keys = [e.key for p in world.plans for e in p.events if e.key is not None]
+    # Created, then one key per transition, numbered in order; the repeat
+    # is the one duplicate.
+    assert keys == [
+        "Created",
+        "0-NewRevision",
+        "1-StepReady",
+        "2-StepFailed",
+        "2-StepFailed",
+        "3-RolledBack",
+    ]
+    assert world.status["rollout"]["transitions"] == 4
