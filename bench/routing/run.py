@@ -134,7 +134,7 @@ def start_vllm_router(policy: str, backends: list[str], workdir: Path) -> Any:
 
 
 def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
-            workdir: Path) -> dict[str, Any]:
+            workdir: Path, seed: int = 1) -> dict[str, Any]:
     workers = Workers(WORKERS, workdir)
     procs = []
     try:
@@ -149,8 +149,8 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
         # Counters from the end of the warm-up: caches start empty, and a
         # cold start is not what routing is judged on.
         warm: list[list[dict[str, float]]] = []
-        results, wall = asyncio.run(wl.drive(urls, "tiny", wl.Workload(kind), rate, seconds,
-                                             warmup=warmup,
+        load = wl.Workload(kind, seed=seed)
+        results, wall = asyncio.run(wl.drive(urls, "tiny", load, rate, seconds, warmup=warmup,
                                              on_warm=lambda: warm.append(workers.counters())))
         after = workers.counters()
         before = warm[0] if warm else after
@@ -165,6 +165,7 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
     per = [a["vllm:request_success_total"] - b["vllm:request_success_total"]
            for a, b in zip(after, before, strict=True)]
     out["hit_rate"] = h / q if q else None
+    out["hits"], out["queries"] = h, q
     out["per_worker"] = [
         {"requests": p, "hit_rate": (a["vllm:prefix_cache_hits_total"]
                                      - b["vllm:prefix_cache_hits_total"]) / dq if dq else None}
@@ -173,15 +174,61 @@ def measure(target: str, kind: str, rate: float, seconds: float, warmup: float,
                                 - b["vllm:prefix_cache_queries_total"]
                                 for a, b in zip(after, before, strict=True)], strict=True)]
     out["spread"] = max(per) / (sum(per) / len(per)) if sum(per) else None  # max / mean
-    out.update(target=target, kind=kind, rate=rate)
-    rb.log(f"{kind} {target} @ {rate:g}/s: " + ", ".join(
+    out.update(target=target, kind=kind, rate=rate, seed=seed)
+    log_row(out)
+    return out
+
+
+QUIET = ("target", "kind", "rate", "per_worker", "ttfts", "hits", "queries", "ttft_p90_runs")
+
+
+def log_row(out: dict[str, Any]) -> None:
+    rb.log(f"{out['kind']} {out['target']} @ {out['rate']:g}/s: " + ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()
-        if k not in ("target", "kind", "rate", "per_worker")))
+        if k not in QUIET))
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from repeats of a target (``--repeat``, each with its own
+    workload seed, the same seeds for every target): TTFT percentiles and
+    the hit rate over every request of every repeat (a longer sample, not
+    an average of per-run percentiles), rates and spread averaged. A single
+    run's p90 over ~200 requests moves by 20 % between runs beyond
+    saturation; ``ttft_p90_runs`` keeps each run's for the spread."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def mean(field: str) -> float | None:
+        values = [r[field] for r in runs if r.get(field) is not None]
+        return sum(values) / len(values) if values else None
+
+    ttfts = [t for r in runs for t in r["ttfts"]]
+    hits, queries = sum(r["hits"] for r in runs), sum(r["queries"] for r in runs)
+    out = {k: runs[0][k] for k in ("target", "kind", "rate")}
+    out.update(
+        requests=sum(r["requests"] for r in runs),
+        errors=sum(r["errors"] for r in runs),
+        **{f: mean(f) for f in ("tok_s_load", "tok_s_drain", "output_tok_s", "itl_mean",
+                                "spread")},
+        ttft_p50=wl.percentile(ttfts, 0.5),
+        ttft_p90=wl.percentile(ttfts, 0.9),
+        ttft_p90_runs=[r["ttft_p90"] for r in runs],
+        hit_rate=hits / queries if queries else None,
+        repeats=len(runs),
+    )
     return out
 
 
 def _f(v: Any, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
+
+
+def _runs(row: dict[str, Any]) -> str:
+    """Each repeat's own p90, lowest to highest, after the pooled one."""
+    runs = row.get("ttft_p90_runs")
+    if not runs or None in runs:
+        return ""
+    return f" ({min(runs):.2f}-{max(runs):.2f})"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -192,7 +239,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['kind']} | {r['rate']:g} | {r['target']} | {_f(r.get('tok_s_load'), '{:.0f}')}"
             f" | {_f(r.get('tok_s_drain'), '{:.0f}')}"
-            f" | {_f(r.get('ttft_p50'), '{:.2f}')} | {_f(r.get('ttft_p90'), '{:.2f}')}"
+            f" | {_f(r.get('ttft_p50'), '{:.2f}')} | {_f(r.get('ttft_p90'), '{:.2f}')}{_runs(r)}"
             f" | {_f(r.get('itl_mean') and r['itl_mean'] * 1000, '{:.0f}')}"
             f" | {_f(r.get('hit_rate'), '{:.0%}')} | {_f(r.get('spread'), '{:.2f}')}"
             f" | {r.get('errors', '-')}/{r.get('requests', '-')} |")
@@ -251,6 +298,8 @@ def main() -> int:
                    help="prefix-affinity's and prefix-score's bound (default: the table's)")
     p.add_argument("--kinds", default="shared,control")
     p.add_argument("--plot", type=Path, help="write PNG plots with this path prefix")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per point, workload seeds 1..N, pooled (see pooled())")
     a = p.parse_args()
     rates = [float(x) for x in a.rates.split(",")]
     targets = a.targets.split(",")
@@ -264,18 +313,26 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="kubeinfer-routing-") as tmp:
         workdir = Path(tmp)
+        def point(target: str, kind: str, rate: float) -> dict[str, Any]:
+            row = pooled([measure(target, kind, rate, a.seconds, a.warmup, workdir, seed)
+                          for seed in range(1, a.repeat + 1)])
+            if a.repeat > 1:
+                log_row(row)
+            return row
+
         for rate in rates if "shared" in kinds else []:
             for t in targets:
-                rows.append(measure(t, "shared", rate, a.seconds, a.warmup, workdir))
+                rows.append(point(t, "shared", rate))
         for t in KUBEINFER:
             if t in targets and "control" in kinds:
-                rows.append(measure(t, "control", a.control_rate, a.seconds, a.warmup, workdir))
+                rows.append(point(t, "control", a.control_rate))
     print(table(rows))
     print()
     print(ratios(rows))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rows, indent=1))
+        kept = [{k: v for k, v in r.items() if k != "ttfts"} for r in rows]
+        a.json.write_text(json.dumps(kept, indent=1))
         if a.plot:
             plot = [str(rb.CACHE / "plot-venv" / "bin" / "python"), str(HERE / "plot.py"),
                     str(a.json), str(a.plot)]

@@ -228,6 +228,7 @@ def summarize(results: list[Result], wall: float, warmup: float,
         "ttft_p50": percentile(ttfts, 0.5),
         "ttft_p90": percentile(ttfts, 0.9),
         "itl_mean": sum(itls) / len(itls) if itls else None,
+        "ttfts": ttfts,  # for pooling repeats (run.py --repeat)
     }
 
 
