@@ -23,14 +23,16 @@ from typing import Any
 
 from kubeinfer.operator.api import constants as c
 from kubeinfer.operator.api.resource import ObjectMeta
-from kubeinfer.operator.kube import ConflictError, KubeClient
+from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.metrics import EVENTS
 from kubeinfer.operator.plan import Event
+from kubernetes_asyncio.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
 
 COMPONENT = "kubeinfer-operator"
 _SECONDS = "%Y-%m-%dT%H:%M:%SZ"
+NAME_LIMIT = 253  # a DNS subdomain, as every object name
 
 
 def event_body(
@@ -80,7 +82,8 @@ def once_name(meta: ObjectMeta, key: str) -> str:
     """The Event's name for transition ``key`` of this object (this uid:
     a deleted and re-created service starts afresh)."""
     digest = hashlib.sha256(f"{meta.uid or ''}/{key}".encode()).hexdigest()[:16]
-    return f"{meta.name}.{digest}"
+    # Object names go up to 253 characters, and so may the Event's.
+    return f"{meta.name[: NAME_LIMIT - len(digest) - 1]}.{digest}"
 
 
 async def post_once(
@@ -93,7 +96,10 @@ async def post_once(
 ) -> bool:
     """Post a keyed Event unless it exists; True when this call posted it.
 
-    Other API errors propagate: the reconcile fails before its status
+    A refusal (403 in a terminating namespace, 429 from an event rate
+    limit) or a namespace gone loses the Event with a warning rather than
+    hold the rollout up;
+    a connection error propagates: the reconcile fails before its status
     write, and the retry repeats the transition under the same name.
     """
     assert event.key is not None, "only keyed (transition) events are posted once"
@@ -104,6 +110,15 @@ async def post_once(
         await kube.create(body)
     except ConflictError:
         logger.info("%s/%s %s: posted before", meta.namespace, meta.name, event.reason)
+        return False
+    except NotFoundError:
+        logger.warning("%s/%s: %s event: no namespace", meta.namespace, meta.name, event.reason)
+        return False
+    except ApiException as refused:
+        logger.warning(
+            "%s/%s: the %s event was refused (%s): %s",
+            meta.namespace, meta.name, event.reason, refused.status, refused.reason,
+        )  # fmt: skip
         return False
     EVENTS.labels(event.reason).inc()
     return True

@@ -97,3 +97,39 @@ async def test_a_fenced_leader_posts_nothing(
     finally:
         await api.close()
     assert events_about(kube, namespace, "uid-fenced") == []
+
+
+async def test_a_refused_or_unplaceable_event_is_lost_with_a_warning_not_raised(
+    kube: AdminClient, namespace: str, operator_identity: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An Event must not hold a rollout up: a namespace gone (404) or being
+    # deleted (403 from the NamespaceLifecycle admission) is logged.
+    gone = ObjectMeta(name="llm", namespace=f"{namespace}-gone", uid="uid-gone")
+    ending = ObjectMeta(name="llm", namespace=f"{namespace}-ending", uid="uid-ending")
+    hold = f"/api/v1/namespaces/{ending.namespace}/configmaps/hold"
+    kube.create("/api/v1/namespaces", {"metadata": {"name": ending.namespace}})
+    # A finalizer keeps the namespace Terminating until the test lets go.
+    kube.create(
+        f"/api/v1/namespaces/{ending.namespace}/configmaps",
+        {"metadata": {"name": "hold", "finalizers": ["kubeinfer.io/test-hold"]}},
+    )
+    kube.delete(f"/api/v1/namespaces/{ending.namespace}")
+    event = Event("Normal", "Promoted", "revision abc promoted", key="3-Promoted")
+    api = await config.new_client_from_config(config_file=str(operator_identity))
+    client = KubeClient(api)
+    try:
+        assert not await post_once(client, involved(gone), gone, event, instance="op")
+        assert not await post_once(client, involved(ending), ending, event, instance="op")
+    finally:
+        await api.close()
+        kube.merge_patch(hold, {"metadata": {"finalizers": None}})
+    assert "Promoted event: no namespace" in caplog.text
+    assert "the Promoted event was refused (403)" in caplog.text
+
+
+def test_a_long_name_gives_a_valid_event_name() -> None:
+    meta = ObjectMeta(name="m" * 253, namespace="ns", uid="u")
+    name = once_name(meta, "0-NewRevision")
+    assert len(name) == 253
+    assert name != once_name(meta, "1-StepReady")
+    assert name.startswith("m" * 236 + ".")
