@@ -3,7 +3,7 @@
 over 8 simulated vLLM workers with the KV-cache model.
 
 One command, loopback only, bounded in requests and time (about 35 minutes
-on 2 cores; ``--quick`` about 5):
+on 2 cores; ``--quick`` about 5; ``--repeat N`` N times as long):
 
     .venv/bin/python bench/routing/run.py   # vllm-router: bench/router/run.py --install
 
