@@ -9,10 +9,11 @@ the successor repeats the transition.
 
 So a transition's Event (``plan.Event.key`` set) is posted by the
 reconciler itself, awaited, *before* the status write, under a name
-derived from the object's uid and the key, which names the state the
-transition leaves. A successor that repeats the transition (the status
-write never happened) posts the same name, and the API server's 409 says
-it is there already. The write goes through the operator's fenced client,
+derived from the object's uid and the key: the transition's number
+(``status.rollout.transitions`` before it) and trigger. A successor that
+repeats the transition (the status write never happened) plans from the
+same status, posts the same name, and the API server's 409 says it is
+there already. The write goes through the operator's fenced client,
 so a leader past its renew deadline posts nothing.
 """
 
