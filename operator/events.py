@@ -87,15 +87,9 @@ def once_name(meta: ObjectMeta, key: str) -> str:
     return f"{meta.name[: NAME_LIMIT - len(digest) - 1]}.{digest}"
 
 
-async def post_once(
-    kube: KubeClient,
-    involved: dict[str, str],
-    meta: ObjectMeta,
-    event: Event,
-    *,
-    instance: str,
-) -> bool:
-    """Post a keyed Event unless it exists; True when this call posted it.
+async def post_once(kube: KubeClient, meta: ObjectMeta, event: Event, *, instance: str) -> bool:
+    """Post a keyed Event about the InferenceService ``meta`` unless it
+    exists; True when this call posted it.
 
     A refusal (403 in a terminating namespace, 429 from an event rate
     limit) or a namespace gone loses the Event with a warning rather than
@@ -104,9 +98,8 @@ async def post_once(
     write, and the retry repeats the transition under the same name.
     """
     assert event.key is not None, "only keyed (transition) events are posted once"
-    body = event_body(
-        involved, event, instance=instance, now=datetime.now(UTC), name=once_name(meta, event.key)
-    )
+    name = once_name(meta, event.key)
+    body = event_body(involved(meta), event, instance=instance, now=datetime.now(UTC), name=name)
     try:
         await kube.create(body)
     except ConflictError:

@@ -45,7 +45,7 @@ from kubeinfer.operator.builders.router import (
 from kubeinfer.operator.builders.routing import build_routes_configmap, build_routing_table
 from kubeinfer.operator.builders.worker import build_worker_pod, worker_image
 from kubeinfer.operator.conditions import set_condition
-from kubeinfer.operator.events import COMPONENT, involved, post_once
+from kubeinfer.operator.events import COMPONENT, post_once
 from kubeinfer.operator.kube import ConflictError, KubeClient, NotFoundError
 from kubeinfer.operator.metrics import FleetCollector
 from kubeinfer.operator.observe import NodeInfo, PodInfo, format_time
@@ -375,7 +375,7 @@ async def reconcile(
     for event in plan.events:
         if event.key is not None:
             logger.info("%s/%s %s: %s", meta.namespace, meta.name, event.reason, event.message)
-            await post_once(ctx.kube, involved(meta), meta, event, instance=ctx.identity)
+            await post_once(ctx.kube, meta, event, instance=ctx.identity)
     await _write_status(ctx, isvc, plan.status)
     ctx.fleet.record(meta.namespace, meta.name, isvc.spec.replicas, plan.status)
     for event in plan.events:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubeinfer.localcluster.client import KubeClient as AdminClient
 from kubeinfer.operator.api.resource import ObjectMeta
-from kubeinfer.operator.events import involved, once_name, post_once
+from kubeinfer.operator.events import once_name, post_once
 from kubeinfer.operator.kube import KubeClient
 from kubeinfer.operator.plan import Event
 from kubernetes_asyncio import config
@@ -42,11 +42,11 @@ async def test_a_repeated_transition_posts_its_event_once(
     try:
         # The leader posts, then (killed) never writes the status; the
         # successor repeats the same transition from the same status.
-        assert await post_once(leader, involved(meta), meta, rolled_back, instance="op-a")
-        assert not await post_once(successor, involved(meta), meta, rolled_back, instance="op-b")
+        assert await post_once(leader, meta, rolled_back, instance="op-a")
+        assert not await post_once(successor, meta, rolled_back, instance="op-b")
         # The next transition is news.
         failed = Event("Normal", "NewRevision", "rolling out def", key="8-NewRevision")
-        assert await post_once(successor, involved(meta), meta, failed, instance="op-b")
+        assert await post_once(successor, meta, failed, instance="op-b")
     finally:
         await api.close()
     posted = events_about(kube, namespace, meta.uid or "")
@@ -74,8 +74,8 @@ async def test_the_same_key_of_another_object_is_another_event(
     api = await config.new_client_from_config(config_file=str(operator_identity))
     client = KubeClient(api)
     try:
-        assert await post_once(client, involved(old), old, created, instance="op")
-        assert await post_once(client, involved(new), new, created, instance="op")
+        assert await post_once(client, old, created, instance="op")
+        assert await post_once(client, new, created, instance="op")
     finally:
         await api.close()
     assert len(events_about(kube, namespace, "uid-before")) == 1
@@ -93,7 +93,7 @@ async def test_a_fenced_leader_posts_nothing(
     api = await config.new_client_from_config(config_file=str(operator_identity))
     try:
         with pytest.raises(FencedError):
-            await post_once(KubeClient(api, fence=fence), involved(meta), meta, event, instance="x")
+            await post_once(KubeClient(api, fence=fence), meta, event, instance="x")
     finally:
         await api.close()
     assert events_about(kube, namespace, "uid-fenced") == []
@@ -118,8 +118,8 @@ async def test_a_refused_or_unplaceable_event_is_lost_with_a_warning_not_raised(
     api = await config.new_client_from_config(config_file=str(operator_identity))
     client = KubeClient(api)
     try:
-        assert not await post_once(client, involved(gone), gone, event, instance="op")
-        assert not await post_once(client, involved(ending), ending, event, instance="op")
+        assert not await post_once(client, gone, event, instance="op")
+        assert not await post_once(client, ending, event, instance="op")
     finally:
         await api.close()
         kube.merge_patch(hold, {"metadata": {"finalizers": None}})
